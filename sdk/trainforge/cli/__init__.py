@@ -1,0 +1,25 @@
+"""`trainforge` command line: one group, one module per family of commands."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .planned import register_planned
+from .spec_cmds import crd, validate, version
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="trainforge")
+def cli() -> None:
+    """Declare a TrainingJob; train it with DDP/FSDP2 + AMP on Ray Train, locally or on Kubernetes."""
+
+
+cli.add_command(validate)
+cli.add_command(crd)
+cli.add_command(version)
+register_planned(cli)
+
+
+def main() -> None:
+    cli(prog_name="trainforge")

@@ -1,0 +1,225 @@
+"""The TrainingJob resource: metadata, spec, status, and the checks that span several fields."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .base import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Problems,
+    Quantity,
+    SpecModel,
+)
+from .checkpoint import CheckpointConfig
+from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
+from .optim import OptimizerConfig, ScheduleConfig
+from .parallel import Precision, Strategy
+from .status import TrainingJobStatus
+from .tune import TuneConfig
+from .workload import EnvVar, Task, Toleration
+
+API_GROUP = "trainforge.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "TrainingJob"
+# KubeRay rejects RayJob names over 47 characters; attempts are named <job>-a<N> (N up to 999).
+MAX_NAME_LENGTH = 42
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class RestartPolicy(SpecModel):
+    max_restarts: NonNegativeInt = 3
+    """New attempts (RayJobs) allowed after failures; preemptions are free unless countPreemptions."""
+    count_preemptions: bool = False
+    max_worker_failures: Annotated[int, Field(ge=-1)] = 2
+    """Ray Train worker-group restarts inside one attempt (FailureConfig.max_failures; -1 = no limit)."""
+
+
+class TrainingJobSpec(SpecModel):
+    image: str | None = None
+    """Trainer image; default: the operator's configured image."""
+    task: Task
+    workers: PositiveInt = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: NonNegativeInt = 0
+    memory_per_worker: Quantity | None = None
+    resources: dict[str, Quantity] = Field(default_factory=dict)
+    """Extra resources per worker, e.g. {"vpc.amazonaws.com/efa": 1}."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    service_account_name: str | None = None
+
+    strategy: Strategy = Field(default_factory=Strategy)
+    precision: Precision = "fp32"
+    compile: bool = False
+    """torch.compile the model."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """Scale lr by (workers x gradAccumulation), or its square root."""
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    epochs: PositiveInt | None = None
+    max_steps: PositiveInt | None = None
+    """Optimizer steps; with epochs, training stops at whichever comes first."""
+    grad_clip: GradClipConfig = Field(default_factory=GradClipConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    early_stopping: EarlyStoppingConfig | None = None
+    seed: NonNegativeInt = 0
+    deterministic: bool = False
+    """Deterministic kernels and data order: reruns compute bit-identical results (slower)."""
+    log_every_steps: PositiveInt = 10
+    """Train loss is synchronised to the host and reported every N optimizer steps."""
+
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tune: TuneConfig | None = None
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    suspend: bool = False
+    active_deadline_seconds: PositiveInt | None = None
+    ttl_seconds_after_finished: NonNegativeInt | None = None
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainingJobSpec:
+        problems = Problems()
+        self._check_horizon(problems)
+        self._check_evaluation_users(problems)
+        if self.tune is not None:
+            _check_tune_space(self, problems)
+        problems.raise_if_any()
+        return self
+
+    def _check_horizon(self, problems: Problems) -> None:
+        if self.epochs is None and self.max_steps is None:
+            why = (
+                f"schedule {self.schedule.name} needs a known total step count: "
+                if self.schedule.needs_horizon else ""
+            )
+            problems.add("epochs", f"{why}set spec.epochs or spec.maxSteps (or both)")
+            return
+        if self.max_steps is None:
+            return
+        warmup = self.schedule.warmup_steps
+        if warmup is not None and warmup >= self.max_steps:
+            problems.add(("schedule", "warmupSteps"), f"must be < spec.maxSteps ({self.max_steps})")
+        for i, milestone in enumerate(self.schedule.milestones or []):
+            if milestone >= self.max_steps:
+                problems.add(("schedule", "milestones", i),
+                             f"{milestone} is never reached: spec.maxSteps is {self.max_steps}")
+
+    def _check_evaluation_users(self, problems: Problems) -> None:
+        if self.eval.enabled:
+            return
+        fix = "enable evaluation with spec.eval.everyEpoch: true or spec.eval.everySteps"
+        if self.early_stopping is not None:
+            problems.add("earlyStopping", f"needs evaluation; {fix}")
+        if self.schedule.name == "plateau":
+            problems.add(("schedule", "name"), f"plateau is stepped after evaluation; {fix}")
+
+
+def _check_tune_space(spec: TrainingJobSpec, problems: Problems) -> None:
+    """Every space path must name a spec field, and every value it can take must be valid there."""
+    assert spec.tune is not None
+    base = spec.model_dump(by_alias=True, exclude_unset=True, exclude={"tune"})
+    for path, domain in spec.tune.space.items():
+        where = ("tune", "space", path)
+        parts = path.split(".")
+        problem = _path_problem(TrainingJobSpec, parts)
+        if problem:
+            problems.add(where, problem)
+            continue
+        for i, value in enumerate(domain.probe_values()):
+            candidate = _with_value(base, parts, value)
+            try:
+                TrainingJobSpec.model_validate(candidate)
+            except ValidationError as err:
+                first = err.errors(include_url=False)[0]
+                problems.add((*where, domain.kind, i),
+                             f"{value!r} is not valid for spec.{path}: {first['msg']}")
+                break
+
+
+def _path_problem(model: type[BaseModel], parts: list[str]) -> str | None:
+    if parts[0] == "tune":
+        return "a sweep cannot change its own tune settings"
+    current: Any = model
+    for depth, part in enumerate(parts):
+        if current is Task and part == "args" and depth + 1 < len(parts):
+            return None  # task.args is free-form: any key below it is the task's business
+        fields = {f.alias or name: f for name, f in current.model_fields.items()}
+        if part not in fields:
+            from .errors import suggest
+
+            known = ".".join(parts[:depth]) or "spec"
+            return f"{part!r} is not a field of {known}{suggest(part, fields)}"
+        current = _model_of(fields[part].annotation)
+        if current is None and depth + 1 < len(parts):
+            return f"{'.'.join(parts[: depth + 1])} has no sub-fields"
+    return None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    from .errors import unwrap_model
+
+    return unwrap_model(annotation)
+
+
+def _with_value(base: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
+    import copy
+
+    doc = copy.deepcopy(base)
+    node = doc
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return doc
+
+
+class ObjectMeta(BaseModel):
+    """The part of metav1.ObjectMeta trainforge reads; the API server's own fields pass through."""
+
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+    name: str | None = None
+    generate_name: str | None = Field(default=None, alias="generateName")
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"{value!r} is {len(value)} characters; at most {MAX_NAME_LENGTH} "
+                "(KubeRay limits RayJob names, and attempts add -a<N>)"
+            )
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} must be lowercase letters, digits and '-', start with a letter and "
+                "end with a letter or digit (RFC 1035 label)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _named(self) -> ObjectMeta:
+        if self.name is None and self.generate_name is None:
+            raise ValueError("set metadata.name (or metadata.generateName)")
+        return self
+
+
+class TrainingJob(SpecModel):
+    api_version: Literal["trainforge.dev/v1alpha1"] = API_VERSION
+    kind: Literal["TrainingJob"] = KIND
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name or ""

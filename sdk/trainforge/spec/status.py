@@ -1,0 +1,94 @@
+"""TrainingJob status: written by the operator and the trainer, read by the SDK and kubectl."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+from .base import NonNegativeInt, SpecModel
+
+
+def _parse_time(value: Any) -> Any:
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value
+
+
+def _format_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_parse_time),
+    PlainSerializer(_format_time, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""RFC 3339 time in UTC, as metav1.Time writes it."""
+
+Phase = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+class Condition(SpecModel):
+    type: Phase
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: Timestamp
+    observed_generation: NonNegativeInt | None = None
+
+
+class Progress(SpecModel):
+    epoch: NonNegativeInt = 0
+    step: NonNegativeInt = 0
+    """Optimizer steps taken."""
+    total_steps: NonNegativeInt | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    samples_per_second: float | None = None
+    update_time: Timestamp | None = None
+
+
+class CheckpointRef(SpecModel):
+    uri: str
+    step: NonNegativeInt | None = None
+    metric: str | None = None
+    value: float | None = None
+
+
+class TuneBest(SpecModel):
+    trial: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The best trial's sampled values, keyed by spec path."""
+    metric: str
+    value: float | None = None
+    checkpoint: str | None = None
+
+
+class TuneStatus(SpecModel):
+    trials: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    """Number of trials by state (PENDING, RUNNING, TERMINATED, ERROR ...)."""
+    best: TuneBest | None = None
+
+
+class TrainingJobStatus(SpecModel):
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: NonNegativeInt | None = None
+    attempt: NonNegativeInt = 0
+    """Current attempt (RayJob <name>-a<attempt>)."""
+    restarts: NonNegativeInt = 0
+    """Attempts started after failures that count against restartPolicy.maxRestarts."""
+    preemptions: NonNegativeInt = 0
+    start_time: Timestamp | None = None
+    completion_time: Timestamp | None = None
+    progress: Progress | None = None
+    latest_checkpoint: str | None = None
+    best_checkpoint: CheckpointRef | None = None
+    tune: TuneStatus | None = None
+    message: str | None = None
