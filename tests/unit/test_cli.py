@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-
-from tests.conftest import EXAMPLES
 from trainforge import __version__
 from trainforge.cli import cli
+
+from tests.conftest import EXAMPLES
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -75,7 +75,6 @@ def test_schema_is_structural() -> None:
 
 def test_crd_cli_prints_the_same_document(repo_root: Path) -> None:
     from click.testing import CliRunner
-
     from trainforge.cli import cli
 
     result = CliRunner().invoke(cli, ["crd"])

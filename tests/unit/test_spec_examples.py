@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft4Validator
-
-from tests.conftest import EXAMPLES
 from trainforge.spec import TrainingJob, dump_job, load_jobs
 from trainforge.spec.crd import openapi_schema
 from trainforge.spec.yamlio import loads_all, read_text
+
+from tests.conftest import EXAMPLES
 
 
 def test_every_expected_example_exists() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from jsonschema import Draft4Validator
-
-from tests.unit.manifests import BASE, MALFORMED, Bad
 from trainforge.cli import cli
 from trainforge.spec import SpecValidationError, parse_job
 from trainforge.spec.crd import openapi_schema
 from trainforge.spec.yamlio import dumps
+
+from tests.unit.manifests import BASE, MALFORMED, Bad
 
 
 def test_catalogue_is_large_enough() -> None:

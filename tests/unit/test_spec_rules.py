@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from tests.unit.manifests import manifest
 from trainforge.spec import SpecValidationError, TrainingJob, TrainingJobSpec, parse_job
 from trainforge.spec.yamlio import dumps, loads_all
+
+from tests.unit.manifests import manifest
 
 
 def spec_of(**fields: object) -> TrainingJobSpec:
