@@ -19,6 +19,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/trainforge validate examples/*.yaml
+	$(BIN)/trainforge run examples/digits-ddp.yaml
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .planned import register_planned
+from .run_cmd import run
 from .spec_cmds import crd, validate, version
 
 
@@ -18,6 +19,7 @@ def cli() -> None:
 cli.add_command(validate)
 cli.add_command(crd)
 cli.add_command(version)
+cli.add_command(run)
 register_planned(cli)
 
 

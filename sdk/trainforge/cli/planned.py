@@ -9,12 +9,6 @@ from __future__ import annotations
 import click
 
 _PLANNED: dict[str, tuple[str, list[click.Parameter]]] = {
-    "run": ("Run a TrainingJob locally on embedded Ray (trains, checkpoints, resumes).", [
-        click.Argument(["file"]),
-        click.Option(["--workers"], type=int), click.Option(["--storage"]), click.Option(["--name"]),
-        click.Option(["--fresh"], is_flag=True),
-        click.Option(["--output", "-o"], type=click.Choice(["text", "json"]), default="text"),
-    ]),
     "submit": ("Submit a TrainingJob to a cluster.", [
         click.Argument(["file"]), click.Option(["--wait"], is_flag=True),
         click.Option(["--follow"], is_flag=True), click.Option(["--namespace", "-n"]),

@@ -1,0 +1,62 @@
+"""Process-group set-up for any launcher (Ray Train or torchrun) and small collective helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as torch_dist
+
+PG_TIMEOUT = timedelta(minutes=30)
+"""Long enough for a checkpoint upload or a slow eval on one rank; short enough to surface hangs."""
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def backend_for(use_gpu: bool) -> str:
+    return "nccl" if use_gpu else "gloo"
+
+
+def setup(use_gpu: bool) -> World:
+    """Join (or, under torchrun, create) the default process group and pick this rank's device."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_gpu:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
+    if not torch_dist.is_initialized() and "WORLD_SIZE" in os.environ:
+        # torchrun: env:// rendezvous. Under Ray Train, TorchTrainer has already initialised it.
+        torch_dist.init_process_group(backend_for(use_gpu), timeout=PG_TIMEOUT,
+                                      device_id=device if use_gpu else None)
+    if torch_dist.is_initialized():
+        return World(torch_dist.get_rank(), local_rank, torch_dist.get_world_size(), device)
+    return World(0, 0, 1, device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+    return tensor
+
+
+def teardown_if_owned() -> None:
+    """Destroy the group only when torchrun made us create it; Ray Train owns its own."""
+    if torch_dist.is_initialized() and "TORCHELASTIC_RUN_ID" in os.environ:
+        torch_dist.destroy_process_group()

@@ -1,0 +1,78 @@
+"""Controller side: turn a spec into a Ray Train TorchTrainer, after checks that need no worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainforge.spec import TrainingJobSpec
+
+from .task import TaskLoadError, build_task
+
+
+class PreflightError(ValueError):
+    """The job cannot run; raised before any Ray worker starts."""
+
+
+def preflight(spec: TrainingJobSpec, cluster: dict[str, float] | None = None) -> None:
+    """Import and build the task, and check the job fits the cluster, on the driver."""
+    try:
+        task = build_task(spec.task.resolved_entrypoint, spec.task.args)
+    except TaskLoadError as exc:
+        raise PreflightError(str(exc)) from exc
+    except ValueError as exc:  # the task's own argument checks
+        raise PreflightError(f"spec.task.args: {exc}") from exc
+    n_train = len(task.train)  # type: ignore[arg-type]
+    if n_train < spec.workers:
+        raise PreflightError(f"spec.workers: {spec.workers} workers but only {n_train} training samples")
+    if cluster is not None:
+        check_fits(spec, cluster)
+
+
+def check_fits(spec: TrainingJobSpec, cluster: dict[str, float]) -> None:
+    need = {"CPU": spec.workers * spec.cpus_per_worker, "GPU": float(spec.workers * spec.gpus_per_worker)}
+    for resource, amount in need.items():
+        have = cluster.get(resource, 0.0)
+        if amount > have + 1e-9:
+            field = "cpusPerWorker" if resource == "CPU" else "gpusPerWorker"
+            raise PreflightError(
+                f"spec.workers x spec.{field} needs {amount:g} {resource}s but this Ray cluster has {have:g}; "
+                f"lower spec.workers or spec.{field}"
+            )
+
+
+def resources_per_worker(spec: TrainingJobSpec) -> dict[str, float]:
+    resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
+    if spec.gpus_per_worker:
+        resources["GPU"] = float(spec.gpus_per_worker)
+    return resources
+
+
+def make_trainer(spec: TrainingJobSpec, name: str, storage_path: str, callbacks: list[Any] | None = None,
+                 storage_filesystem: Any = None) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .dist import PG_TIMEOUT, backend_for
+    from .loop import train_loop_per_worker
+
+    use_gpu = spec.gpus_per_worker > 0
+    keep_best = spec.checkpoint.keep_best
+    run_dir = str(Path(storage_path) / name) if storage_filesystem is None and "://" not in storage_path else None
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json", by_alias=True), "run_dir": run_dir},
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources_per_worker(spec)),
+        torch_config=TorchConfig(backend=backend_for(use_gpu), timeout_s=int(PG_TIMEOUT.total_seconds())),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=spec.restart_policy.max_worker_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.checkpoint.keep,
+                checkpoint_score_attribute=keep_best.metric if keep_best else None,
+                checkpoint_score_order=keep_best.mode if keep_best else "max",
+            ),
+            callbacks=callbacks or [],
+        ),
+    )

@@ -1,0 +1,245 @@
+"""The per-worker training loop. Launcher-agnostic: Ray Train and torchrun both call `run_worker`."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+from trainforge.spec import TrainingJobSpec
+
+from . import dist
+from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, train_loader
+from .early_stop import EarlyStopping
+from .evaluate import evaluate
+from .metrics import JsonlLog, TrainMeter
+from .optim import build_optimizer
+from .parallel import default_blocks, grad_sync, wrap
+from .precision import Precision
+from .reporting import Reporter, reporter_for_launcher
+from .schedules import LRSchedule, lr_scale
+from .task import Task, build_task
+
+# bf16 dense peak per GPU model, used for MFU when TRAINFORGE_PEAK_TFLOPS is not set.
+_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if "TRAINFORGE_PEAK_TFLOPS" in os.environ:
+        return float(os.environ["TRAINFORGE_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in _PEAK_TFLOPS.items() if key in name), None)
+
+
+@dataclass
+class Parts:
+    """Everything one worker trains with; built once by `build`."""
+
+    spec: TrainingJobSpec
+    world: dist.World
+    task: Task
+    model: nn.Module
+    optimizer: Optimizer
+    precision: Precision
+    schedule: LRSchedule
+    train: DataLoader
+    val: DataLoader | None
+    test: DataLoader | None
+    augment_rng: torch.Generator
+    total_steps: int
+    early: EarlyStopping | None = None
+    params: list[nn.Parameter] = field(default_factory=list)
+
+    @property
+    def sharded(self) -> bool:
+        return self.spec.strategy.type == "fsdp"
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return len(self.train)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_per_epoch / self.spec.batch.grad_accumulation)
+
+
+def total_steps_of(spec: TrainingJobSpec, steps_per_epoch: int) -> int:
+    limits = [spec.epochs * steps_per_epoch] if spec.epochs else []
+    if spec.max_steps:
+        limits.append(spec.max_steps)
+    return min(limits)
+
+
+def build(spec: TrainingJobSpec, world: dist.World) -> Parts:
+    seed_everything(spec.seed, spec.deterministic)  # same seed on every rank: identical initial weights
+    task = build_task(spec.task.resolved_entrypoint, spec.task.args)
+    model = task.model().to(world.device)
+    blocks = task.blocks(model) if task.blocks else default_blocks(model)
+    model = wrap(model, spec, world, blocks)
+    if spec.compile:
+        model = torch.compile(model)
+    peak = spec.optimizer.lr * lr_scale(spec.lr_scaling, world.size, spec.batch.grad_accumulation)
+    optimizer = build_optimizer(model, spec.optimizer, peak, world.device.type == "cuda")
+    workers = loader_workers(spec.batch.loader_workers, spec.cpus_per_worker, task.in_memory)
+    train = train_loader(task.train, spec.batch.size, world, spec.seed, workers)
+    eval_bs = spec.batch.eval_size or spec.batch.size
+    val = eval_loader(task.val, eval_bs, world, workers) if task.val is not None else None
+    test = eval_loader(task.test, eval_bs, world, workers) if task.test is not None else None
+    for name, ds in (("validation", task.val), ("test", task.test)):
+        if ds is not None and len(ds) < world.size:  # type: ignore[arg-type]
+            raise ValueError(f"the {name} set has {len(ds)} samples, fewer than the {world.size} workers")  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(len(train) / spec.batch.grad_accumulation)
+    total = total_steps_of(spec, steps_per_epoch)
+    return Parts(
+        spec=spec, world=world, task=task, model=model, optimizer=optimizer,
+        precision=Precision(spec.precision, world.device, spec.grad_clip, spec.strategy.type == "fsdp"),
+        schedule=LRSchedule(optimizer, spec.schedule, peak, total),
+        train=train, val=val, test=test,
+        augment_rng=torch.Generator().manual_seed(spec.seed * 7919 + world.rank + 1),  # per-rank stream
+        total_steps=total, early=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
+        params=[p for p in model.parameters() if p.requires_grad],
+    )
+
+
+def micro_step(parts: Parts, batch: Any, group_size: int, sync: bool) -> torch.Tensor:
+    """Forward + backward of one micro-batch; gradients are averaged over the accumulation group.
+    Returns the undivided fp32 loss (on the device)."""
+    with grad_sync(parts.model, sync):
+        with parts.precision.autocast():
+            outputs = parts.task.forward(parts.model, batch)
+        loss = parts.task.loss(to_float(outputs), batch)
+        parts.precision.backward(loss / group_size)
+    return loss.detach()
+
+
+def optimizer_step(parts: Parts) -> torch.Tensor:
+    norm = parts.precision.step(parts.optimizer, parts.params)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.schedule.step()
+    return norm
+
+
+class Loop:
+    """Epochs of accumulation groups, evaluations, early stopping and reports."""
+
+    def __init__(self, parts: Parts, reporter: Reporter, log: JsonlLog) -> None:
+        self.p, self.reporter, self.log = parts, reporter, log
+        self.epoch, self.step = 0, 0
+        self.last_eval: dict[str, float] = {}
+        self.stop_reason = ""
+        self.meter = TrainMeter(parts.world, parts.task.tokens_per_sample, parts.task.flops_per_sample,
+                                peak_flops(parts.world.device))
+
+    def emit(self, metrics: dict[str, Any]) -> None:
+        record = {"epoch": self.epoch, "step": self.step, "total_steps": self.p.total_steps, **metrics}
+        self.reporter.report(record)
+        if self.p.world.is_main:
+            self.log.write(record)
+
+    def run_epoch(self) -> bool:
+        """One epoch; False when training must stop (max steps or early stopping)."""
+        p, k = self.p, self.p.spec.batch.grad_accumulation
+        p.train.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        last_norm = torch.zeros(())
+        for i, batch in enumerate(p.train):
+            group_start = (i // k) * k
+            group_size = min(k, p.micro_per_epoch - group_start)  # the epoch's remainder is flushed
+            boundary = i + 1 == group_start + group_size
+            batch = to_device(batch, p.world.device)
+            if p.task.augment:
+                batch = p.task.augment(batch, p.augment_rng)
+            self.meter.add_micro(micro_step(p, batch, group_size, boundary), batch_size_of(batch))
+            if not boundary:
+                continue
+            last_norm = optimizer_step(p)
+            self.step += 1
+            self.meter.add_step()
+            if self.step % p.spec.log_every_steps == 0:
+                self.log_train(last_norm)
+            every = p.spec.eval.every_steps
+            if every and self.step % every == 0 and not self.evaluate():
+                return False
+            if self.step >= p.total_steps and i + 1 < p.micro_per_epoch:
+                self.stop_reason = "max_steps"
+                return False
+        if self.step >= p.total_steps and p.spec.max_steps and self.step == p.spec.max_steps:
+            self.stop_reason = "max_steps"
+        return True
+
+    def log_train(self, norm: torch.Tensor) -> None:
+        self.p.precision.check()
+        self.emit({**self.meter.flush(), "lr": self.p.schedule.lr, "grad_norm": float(norm),
+                   "skipped_steps": int(self.p.precision.skipped)})
+
+    def evaluate(self) -> bool:
+        """Validation + early stopping; False when training should stop."""
+        p = self.p
+        if p.val is None:
+            return True
+        self.last_eval = evaluate(p.model, p.task, p.val, p.world, p.precision, "val", p.sharded,
+                                  p.spec.eval.max_batches)
+        p.schedule.observe(self.last_eval)
+        stop = p.early.observe(self.last_eval, self.step) if p.early else False
+        self.emit(dict(self.last_eval))
+        if stop:
+            self.stop_reason = "early_stopping"
+        return not stop
+
+    def fit(self) -> dict[str, Any]:
+        p = self.p
+        max_epochs = p.spec.epochs or math.ceil(p.total_steps / max(p.steps_per_epoch, 1))
+        while self.epoch < max_epochs and self.step < p.total_steps:
+            if not self.run_epoch():
+                break  # stopped inside the epoch: it is not complete, so epoch stays where it is
+            self.epoch += 1
+            if p.spec.eval.every_epoch and not self.evaluate():
+                break
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        p = self.p
+        final: dict[str, Any] = {**self.meter.flush(), **self.last_eval} if self.meter.steps else dict(self.last_eval)
+        if p.test is not None:
+            final.update(evaluate(p.model, p.task, p.test, p.world, p.precision, "test", p.sharded))
+        final.update({"done": True, "stop_reason": self.stop_reason or "epochs",
+                      "skipped_steps": int(p.precision.skipped)})
+        if p.early and p.early.tracker.best is not None:
+            final[f"best_{p.early.cfg.metric}"] = p.early.tracker.best
+        self.emit(final)
+        return {"epoch": self.epoch, "step": self.step, "total_steps": p.total_steps, **final}
+
+
+def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
+    try:
+        parts = build(spec, world)
+        log = JsonlLog(Path(run_dir) / "metrics.jsonl" if run_dir and world.is_main else None)
+        return Loop(parts, reporter or reporter_for_launcher(world.is_main), log).fit()
+    finally:
+        dist.teardown_if_owned()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry: the spec arrives as JSON-compatible data, never as shell text."""
+    spec = TrainingJobSpec.model_validate(config["spec"])
+    run_worker(spec, config.get("run_dir"))

@@ -1,0 +1,74 @@
+"""Training metrics kept on the device between log steps; one all-reduce and one host read per log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dist import World, all_reduce_sum
+
+
+class TrainMeter:
+    """Sums the undivided loss of every micro-batch on the device and turns it into rates at log steps."""
+
+    def __init__(self, world: World, tokens_per_sample: int | None, flops_per_sample: float | None,
+                 peak_flops: float | None) -> None:
+        self.world = world
+        self.tokens_per_sample, self.flops_per_sample, self.peak_flops = (
+            tokens_per_sample, flops_per_sample, peak_flops)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.world.device, dtype=torch.float64)
+        self.micro = 0
+        self.samples = 0
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add_micro(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss_sum += loss.detach().double()
+        self.micro += 1
+        self.samples += samples
+
+    def add_step(self) -> None:
+        self.steps += 1
+
+    def flush(self) -> dict[str, float]:
+        """Global averages since the last flush (called on every rank at the same step)."""
+        packed = torch.stack([self.loss_sum, torch.tensor(float(self.micro), device=self.world.device,
+                                                          dtype=torch.float64)])
+        all_reduce_sum(packed)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        global_samples = self.samples * self.world.size
+        out = {
+            "loss": float(packed[0] / packed[1].clamp(min=1)),
+            "samples_per_s": global_samples / elapsed,
+            "step_time": elapsed / max(self.steps, 1),
+        }
+        if self.tokens_per_sample:
+            out["tokens_per_s"] = out["samples_per_s"] * self.tokens_per_sample
+        if self.flops_per_sample and self.peak_flops:
+            out["mfu"] = out["samples_per_s"] * self.flops_per_sample / (self.peak_flops * self.world.size)
+        if self.world.device.type == "cuda":
+            out["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.world.device) / 2**30
+        self._reset()
+        return out
+
+
+class JsonlLog:
+    """Rank 0 appends one JSON object per report to <run dir>/metrics.jsonl (local storage only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")

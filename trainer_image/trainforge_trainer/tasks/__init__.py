@@ -1,0 +1,1 @@
+"""Built-in tasks: `digits` (real, bundled data) and `gpt` (decoder-only LM)."""

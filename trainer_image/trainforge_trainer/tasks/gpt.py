@@ -1,0 +1,176 @@
+"""Decoder-only transformer LM: pre-norm blocks, SDPA attention, sizes from tiny to ~1.3B."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from ..task import Batch, Task
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    n_head: int
+    d_model: int
+    vocab_size: int = 50304
+    seq_len: int = 2048
+
+    @property
+    def n_params(self) -> int:
+        """Parameters (embeddings included, tied head counted once)."""
+        per_block = 12 * self.d_model**2 + 13 * self.d_model
+        return self.n_layer * per_block + self.vocab_size * self.d_model + self.seq_len * self.d_model
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6N for the matmuls plus attention scores (PaLM appendix B)."""
+        n_matmul = self.n_params - self.seq_len * self.d_model
+        return 6 * n_matmul + 12 * self.n_layer * self.d_model * self.seq_len
+
+
+SIZES = {
+    "tiny": GPTConfig(n_layer=2, n_head=2, d_model=64, vocab_size=256, seq_len=64),
+    "small": GPTConfig(n_layer=4, n_head=4, d_model=256, vocab_size=256, seq_len=256),
+    "125m": GPTConfig(n_layer=12, n_head=12, d_model=768),
+    "350m": GPTConfig(n_layer=24, n_head=16, d_model=1024),
+    "760m": GPTConfig(n_layer=24, n_head=16, d_model=1536),
+    "1.3b": GPTConfig(n_layer=24, n_head=32, d_model=2048),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.out = nn.Linear(4 * cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok.weight
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith(("proj.weight", "out.weight")):  # GPT-2 residual scaling
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.tok(idx) + self.pos(pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+class SyntheticTokens(Dataset):
+    """Learnable synthetic sequences: each repeats a random motif, so loss falls as the model learns to
+    copy. Sample i is a pure function of (seed, i): identical on every rank and every rerun."""
+
+    def __init__(self, n: int, seq_len: int, vocab: int, seed: int) -> None:
+        self.n, self.seq_len, self.vocab, self.seed = n, seq_len, vocab, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        period = int(torch.randint(2, 17, (1,), generator=g))
+        motif = torch.randint(0, self.vocab, (period,), generator=g)
+        seq = motif.repeat(self.seq_len // period + 2)[: self.seq_len + 1]
+        return seq[:-1], seq[1:]
+
+
+class TextTokens(Dataset):
+    """Byte-level windows over a bundled text (scikit-learn's dataset descriptions: real prose)."""
+
+    def __init__(self, data: torch.Tensor, seq_len: int) -> None:
+        self.data, self.seq_len = data, seq_len
+
+    def __len__(self) -> int:
+        return (len(self.data) - 1) // self.seq_len
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.data[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
+        return chunk[:-1], chunk[1:]
+
+
+def bundled_text() -> bytes:
+    import sklearn.datasets
+
+    folder = Path(sklearn.datasets.__file__).parent / "descr"
+    return b"\n".join(p.read_bytes() for p in sorted(folder.glob("*.rst")))
+
+
+def _loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), batch[1].flatten())
+
+
+def _metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    per_seq = F.cross_entropy(logits.flatten(0, 1), batch[1].flatten(), reduction="none")
+    return {"loss": per_seq.view(batch[1].shape).mean(dim=1).sum()}
+
+
+def build(
+    size: str = "tiny",
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
+    data: str = "synthetic",
+    train_samples: int = 2048,
+    val_samples: int = 128,
+    data_seed: int = 0,
+) -> Task:
+    """GPT language modelling. `data`: synthetic (learnable motifs) or text (bundled, byte-level)."""
+    if size not in SIZES:
+        raise ValueError(f"task.args.size must be one of {', '.join(SIZES)}, got {size!r}")
+    if data not in ("synthetic", "text"):
+        raise ValueError(f"task.args.data must be synthetic or text, got {data!r}")
+    base = SIZES[size]
+    vocab = 256 if data == "text" else (vocab_size or base.vocab_size)
+    cfg = GPTConfig(base.n_layer, base.n_head, base.d_model, vocab, seq_len or base.seq_len)
+    if data == "text":
+        tokens = torch.frombuffer(bytearray(bundled_text()), dtype=torch.uint8)
+        split = int(len(tokens) * 0.9)
+        train: Dataset = TextTokens(tokens[:split], cfg.seq_len)
+        val: Dataset = TextTokens(tokens[split:], cfg.seq_len)
+    else:
+        train = SyntheticTokens(train_samples, cfg.seq_len, vocab, data_seed)
+        val = SyntheticTokens(val_samples, cfg.seq_len, vocab, data_seed + 1)
+    return Task(
+        model=lambda: GPT(cfg), train=train, val=val, loss=_loss, metrics=_metrics,
+        blocks=lambda m: list(m.blocks), tokens_per_sample=cfg.seq_len,
+        flops_per_sample=cfg.flops_per_token() * cfg.seq_len, extra={"config": cfg},
+    )
