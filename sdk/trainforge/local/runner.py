@@ -70,9 +70,7 @@ class LocalRun:
         spec = self.spec
         preflight(spec)  # a bad task or impossible arguments fail here, before Ray starts anything
         started_ray = not ray.is_initialized()
-        # Train V2 workers hand each report to a one-slot queue that the controller drains once per
-        # health check (2 s by default): every report would stall training that long.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+        prepare_ray_env()
         if started_ray:
             ray.init(**self._init_kwargs(spec))
         try:
@@ -101,6 +99,13 @@ class LocalRun:
         }
         kwargs.update(self.ray_init)
         return kwargs
+
+
+def prepare_ray_env() -> None:
+    """Environment Ray must see before `ray.init` (the local cluster's processes inherit it)."""
+    # Train V2 workers hand each report to a one-slot queue that the controller drains once per
+    # health check (2 s by default): without this every report would stall training that long.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
 
 
 def _short_error(exc: BaseException) -> str:
