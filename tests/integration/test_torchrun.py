@@ -20,7 +20,8 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 def torchrun(nproc: int, args: list[str], tmp_path: Path) -> list[dict[str, Any]]:
     cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
+    errors = [ln for ln in done.stderr.splitlines() if "Error" in ln or "[rank" in ln]
+    assert done.returncode == 0, "\n".join(errors[-30:]) or done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
@@ -43,11 +44,14 @@ def test_ddp_and_fsdp2_follow_the_single_process_trajectory(tmp_path: Path) -> N
     single = job_file(tmp_path, "single", workers=1, batch={"size": 32}, **common)
     ddp = job_file(tmp_path, "ddp", workers=2, batch={"size": 16}, **common)
     fsdp = job_file(tmp_path, "fsdp", workers=2, batch={"size": 16}, strategy={"type": "fsdp"}, **common)
+    # 2 ranks x 2 micro-batches of 8 cover the same 32 samples per step as the single process.
+    fsdp_accum_ac = job_file(tmp_path, "fsdp-accum-ac", workers=2, batch={"size": 8, "gradAccumulation": 2},
+                             strategy={"type": "fsdp", "fsdp": {"activationCheckpointing": True}}, **common)
     entry = ["-m", "trainforge_trainer.torchrun"]
     reference = losses(torchrun(1, [*entry, str(single)], tmp_path))
     assert len(reference) == 30
     assert reference[-1] < reference[0] * 0.5
-    for path in (ddp, fsdp):
+    for path in (ddp, fsdp, fsdp_accum_ac):
         got = losses(torchrun(2, [*entry, str(path)], tmp_path))
         assert got == pytest.approx(reference, rel=1e-4, abs=1e-5), path.name
 
@@ -69,3 +73,12 @@ def test_tiny_gpt_trains_under_torchrun_and_loss_falls(tmp_path: Path) -> None:
     assert len(got) == 6
     assert got[-1] < got[0] - 0.5, got
     assert all(r["tokens_per_s"] > 0 for r in records if "tokens_per_s" in r)
+
+
+def test_fp16_under_fsdp2_uses_the_sharded_scaler_and_learns(tmp_path: Path) -> None:
+    path = job_file(tmp_path, "fp16", task=DIGITS, workers=2, batch={"size": 16}, maxSteps=30, logEverySteps=10,
+                    strategy={"type": "fsdp"}, precision="fp16", optimizer={"lr": 0.01}, eval={"everyEpoch": False})
+    records = torchrun(2, ["-m", "trainforge_trainer.torchrun", str(path)], tmp_path)
+    got = losses(records)
+    assert got[-1] < got[0] * 0.5
+    assert records[-1]["result"]["test_accuracy"] > 0.8

@@ -26,7 +26,8 @@ class GPTConfig:
     def n_params(self) -> int:
         """Parameters (embeddings included, tied head counted once)."""
         per_block = 12 * self.d_model**2 + 13 * self.d_model
-        return self.n_layer * per_block + self.vocab_size * self.d_model + self.seq_len * self.d_model
+        embeddings = self.vocab_size * self.d_model + self.seq_len * self.d_model
+        return self.n_layer * per_block + embeddings + 2 * self.d_model  # + final LayerNorm
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmuls plus attention scores (PaLM appendix B)."""
