@@ -112,7 +112,6 @@ Quantity = Annotated[
 ]
 """An int or a quantity string, exactly what Kubernetes accepts for resources."""
 
-DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]

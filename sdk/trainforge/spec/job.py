@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from .base import (
     SpecModel,
 )
 from .checkpoint import CheckpointConfig
+from .errors import suggest, unwrap_model
 from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
 from .optim import OptimizerConfig, ScheduleConfig
 from .parallel import Precision, Strategy
@@ -151,25 +153,15 @@ def _path_problem(model: type[BaseModel], parts: list[str]) -> str | None:
             return None  # task.args is free-form: any key below it is the task's business
         fields = {f.alias or name: f for name, f in current.model_fields.items()}
         if part not in fields:
-            from .errors import suggest
-
             known = ".".join(parts[:depth]) or "spec"
             return f"{part!r} is not a field of {known}{suggest(part, fields)}"
-        current = _model_of(fields[part].annotation)
+        current = unwrap_model(fields[part].annotation)
         if current is None and depth + 1 < len(parts):
             return f"{'.'.join(parts[: depth + 1])} has no sub-fields"
     return None
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    from .errors import unwrap_model
-
-    return unwrap_model(annotation)
-
-
 def _with_value(base: dict[str, Any], parts: list[str], value: Any) -> dict[str, Any]:
-    import copy
-
     doc = copy.deepcopy(base)
     node = doc
     for part in parts[:-1]:
