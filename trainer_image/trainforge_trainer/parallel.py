@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
-import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointImpl,
@@ -90,6 +89,3 @@ def default_blocks(model: nn.Module) -> list[nn.Module]:
     children = list(model.children())
     return [c for c in children if any(True for _ in c.parameters())]
 
-
-def place(model: nn.Module, device: torch.device) -> nn.Module:
-    return model.to(device)
