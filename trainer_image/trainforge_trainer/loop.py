@@ -160,7 +160,6 @@ class Loop:
         """One epoch; False when training must stop (max steps or early stopping)."""
         p, k = self.p, self.p.spec.batch.grad_accumulation
         p.train.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
-        last_norm = torch.zeros(())
         for i, batch in enumerate(p.train):
             group_start = (i // k) * k
             group_size = min(k, p.micro_per_epoch - group_start)  # the epoch's remainder is flushed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue as std_queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +42,7 @@ class ReportPump:
         while not self._stop.is_set():
             try:
                 self._handle(self.queue.get(timeout=0.5))
-            except (std_queue.Empty, Exception):  # ray.util.queue.Empty subclasses queue.Empty
+            except Exception:  # Empty on timeout (ray.util.queue.Empty), or the queue actor is gone
                 continue
 
     def _drain(self) -> None:

@@ -73,36 +73,28 @@ def model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     """Walk field annotations along `loc`; the model found there, or None for free-form places."""
     current: Any = root
     for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            fields = {f.alias or n: f for n, f in current.model_fields.items()}
-            if part not in fields:
-                return None
-            current = fields[part].annotation
-        else:
+        model = unwrap_model(current)
+        if model is None:
             current = _element_type(current)
-    return unwrap_model(current) if not (isinstance(current, type) and issubclass(current, BaseModel)) \
-        else current
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        if part not in fields:
+            return None
+        current = fields[part].annotation
+    return unwrap_model(current)
 
 
 def _element_type(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType, typing.Annotated):
-        for arg in typing.get_args(annotation):
-            if arg is not type(None):
-                return _element_type(arg) if typing.get_origin(arg) in (Union, typing.Annotated) else \
-                    _element_type_of_container(arg)
-    return _element_type_of_container(annotation)
-
-
-def _element_type_of_container(annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
+    """The item type of list[X] / dict[str, X], looking through Optional and Annotated."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return _element_type(next(a for a in args if a is not type(None)))
+    if origin is typing.Annotated:
+        return _element_type(args[0])
     if origin is list and args:
         return args[0]
     if origin is dict and len(args) == 2:
         return args[1]
-    if origin is typing.Annotated:
-        return _element_type_of_container(args[0])
     return None
 
 
