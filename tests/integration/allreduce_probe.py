@@ -30,7 +30,7 @@ def main() -> None:
     loop = Loop(parts, PrintReporter(False), JsonlLog(None))
     loop.fit()
     if os.environ["RANK"] == "0":
-        print(json.dumps({"allreduces": calls["n"], "steps": loop.step}), flush=True)
+        print(json.dumps({"allreduces": calls["n"], "steps": loop.pos.step}), flush=True)
     torch_dist.barrier()
     dist.teardown_if_owned()
     # DDP keeps the Python hook referenced from C++; letting the interpreter finalise under it aborted

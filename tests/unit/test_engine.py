@@ -61,7 +61,7 @@ def test_remainder_group_is_flushed_at_epoch_end() -> None:
     assert parts.steps_per_epoch == 4  # 4 + 4 + 4 + a flushed remainder of 1
     loop = Loop(parts, Collect(), JsonlLog(None))
     assert loop.run_epoch()
-    assert loop.step == 4
+    assert loop.pos.step == 4
     assert parts.schedule.step_count == 4
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,9 +18,23 @@ def loader_workers(requested: int | None, cpus_per_worker: float, in_memory: boo
     return 0 if in_memory else min(int(cpus_per_worker), 4)
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can begin part-way through an epoch: a resumed run skips the samples
+    it already trained on without loading them. Same seed on every rank: the permutation is one
+    global order, split by rank."""
+
+    start = 0
+    """Samples of this rank's share to skip in the current epoch (a multiple of the batch size)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
 def train_loader(dataset: Dataset, batch_size: int, world: World, seed: int, workers: int) -> DataLoader:
-    # Same seed on every rank: DistributedSampler's permutation is then one global order, split by rank.
-    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
+    sampler = ResumableSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=world.device.type == "cuda", persistent_workers=workers > 0, drop_last=False,

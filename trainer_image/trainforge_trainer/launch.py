@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from trainforge.checkpoints import StorageTarget
 from trainforge.spec import TrainingJobSpec
 
 from .task import TaskLoadError, build_task
@@ -48,8 +48,10 @@ def resources_per_worker(spec: TrainingJobSpec) -> dict[str, float]:
     return resources
 
 
-def make_trainer(spec: TrainingJobSpec, name: str, storage_path: str, callbacks: list[Any] | None = None,
-                 storage_filesystem: Any = None) -> Any:
+def make_trainer(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: list[Any] | None = None,
+                 preempt_flag: Any = None, run_dir: str | None = None) -> Any:
+    """Same name and storage as an earlier run: Ray Train restores that run, and the workers resume
+    from its newest valid checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -57,22 +59,21 @@ def make_trainer(spec: TrainingJobSpec, name: str, storage_path: str, callbacks:
     from .loop import train_loop_per_worker
 
     use_gpu = spec.gpus_per_worker > 0
-    keep_best = spec.checkpoint.keep_best
-    run_dir = str(Path(storage_path) / name) if storage_filesystem is None and "://" not in storage_path else None
+    local = target.uri.startswith("/")
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json", by_alias=True), "run_dir": run_dir},
+        train_loop_config={"spec": spec.model_dump(mode="json", by_alias=True), "run_dir": run_dir,
+                           "preempt_flag": preempt_flag},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources_per_worker(spec)),
         torch_config=TorchConfig(backend=backend_for(use_gpu), timeout_s=int(PG_TIMEOUT.total_seconds())),
         run_config=RunConfig(
-            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            name=name,
+            storage_path=target.path if not local else target.uri,
+            storage_filesystem=None if local else target.filesystem,
             failure_config=FailureConfig(max_failures=spec.restart_policy.max_worker_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=spec.checkpoint.keep,
-                checkpoint_score_attribute=keep_best.metric if keep_best else None,
-                checkpoint_score_order=keep_best.mode if keep_best else "max",
-            ),
+            # Retention is trainforge's (newest N plus best k, see callbacks.RetentionCallback).
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             callbacks=callbacks or [],
         ),
     )

@@ -17,6 +17,10 @@ from torch.utils.data import DataLoader
 from trainforge.spec import TrainingJobSpec
 
 from . import dist
+from .checkpoint.manager import Checkpointer
+from .checkpoint.preempt import PreemptionWatch
+from .checkpoint.state import Position
+from .checkpoint.store import DirStore, RayStore, Store
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, train_loader
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
@@ -76,7 +80,8 @@ class Parts:
 
     @property
     def micro_per_epoch(self) -> int:
-        return len(self.train)
+        """Micro-batches in a whole epoch (the loader's length shrinks in a resumed epoch)."""
+        return math.ceil(self.train.sampler.num_samples / self.spec.batch.size)  # type: ignore[attr-defined]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -140,27 +145,40 @@ def optimizer_step(parts: Parts) -> torch.Tensor:
 
 
 class Loop:
-    """Epochs of accumulation groups, evaluations, early stopping and reports."""
+    """Epochs of accumulation groups, evaluations, early stopping, checkpoints and reports."""
 
     def __init__(self, parts: Parts, reporter: Reporter, log: JsonlLog) -> None:
         self.p, self.reporter, self.log = parts, reporter, log
-        self.epoch, self.step = 0, 0
+        self.pos = Position()
         self.last_eval: dict[str, float] = {}
         self.stop_reason = ""
+        self.ckpt: Checkpointer | None = None
         self.meter = TrainMeter(parts.world, parts.task.tokens_per_sample, parts.task.flops_per_sample,
                                 peak_flops(parts.world.device))
 
     def emit(self, metrics: dict[str, Any]) -> None:
-        record = {"epoch": self.epoch, "step": self.step, "total_steps": self.p.total_steps, **metrics}
+        record = {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": self.p.total_steps, **metrics}
         self.reporter.report(record)
         if self.p.world.is_main:
             self.log.write(record)
 
+    def resume(self) -> None:
+        """Continue from the newest valid checkpoint of this run, if there is one."""
+        if self.ckpt is None or (resumed := self.ckpt.restore()) is None:
+            return
+        self.emit({"resumed_from": resumed.path, "resumed_step": resumed.step,
+                   "skipped_checkpoints": resumed.skipped, "spec_changes": resumed.spec_changes})
+
     def run_epoch(self) -> bool:
-        """One epoch; False when training must stop (max steps or early stopping)."""
-        p, k = self.p, self.p.spec.batch.grad_accumulation
-        p.train.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
-        for i, batch in enumerate(p.train):
+        """One epoch (or what remains of it); False when training must stop."""
+        p, k, pos = self.p, self.p.spec.batch.grad_accumulation, self.pos
+        sampler = p.train.sampler
+        sampler.set_epoch(pos.epoch)  # type: ignore[attr-defined]
+        sampler.start = pos.micro_in_epoch * p.spec.batch.size  # type: ignore[attr-defined]
+        batches = iter(p.train)
+        if self.ckpt:
+            self.ckpt.restore_rng()
+        for i, batch in enumerate(batches, start=pos.micro_in_epoch):
             group_start = (i // k) * k
             group_size = min(k, p.micro_per_epoch - group_start)  # the epoch's remainder is flushed
             boundary = i + 1 == group_start + group_size
@@ -171,17 +189,20 @@ class Loop:
             if not boundary:
                 continue
             last_norm = optimizer_step(p)
-            self.step += 1
+            pos.step, pos.micro_in_epoch = pos.step + 1, i + 1
             self.meter.add_step()
-            if self.step % p.spec.log_every_steps == 0:
+            if pos.step % p.spec.log_every_steps == 0:
                 self.log_train(last_norm)
             every = p.spec.eval.every_steps
-            if every and self.step % every == 0 and not self.evaluate():
+            if every and pos.step % every == 0 and not self.evaluate():
                 return False
-            if self.step >= p.total_steps and i + 1 < p.micro_per_epoch:
+            if self.ckpt and self.ckpt.after_step():
+                self.stop_reason = "preempted"
+                return False
+            if pos.step >= p.total_steps and i + 1 < p.micro_per_epoch:
                 self.stop_reason = "max_steps"
                 return False
-        if self.step >= p.total_steps and p.spec.max_steps and self.step == p.spec.max_steps:
+        if pos.step >= p.total_steps and p.spec.max_steps and pos.step == p.spec.max_steps:
             self.stop_reason = "max_steps"
         return True
 
@@ -198,25 +219,37 @@ class Loop:
         self.last_eval = evaluate(p.model, p.task, p.val, p.world, p.precision, "val", p.sharded,
                                   p.spec.eval.max_batches)
         p.schedule.observe(self.last_eval)
-        stop = p.early.observe(self.last_eval, self.step) if p.early else False
+        stop = p.early.observe(self.last_eval, self.pos.step) if p.early else False
         self.emit(dict(self.last_eval))
         if stop:
             self.stop_reason = "early_stopping"
         return not stop
 
     def fit(self) -> dict[str, Any]:
-        p = self.p
+        p, pos = self.p, self.pos
+        self.resume()
         max_epochs = p.spec.epochs or math.ceil(p.total_steps / max(p.steps_per_epoch, 1))
-        while self.epoch < max_epochs and self.step < p.total_steps:
+        while pos.epoch < max_epochs and pos.step < p.total_steps and not self.stop_reason:
             if not self.run_epoch():
                 break  # stopped inside the epoch: it is not complete, so epoch stays where it is
-            self.epoch += 1
+            pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
             if p.spec.eval.every_epoch and not self.evaluate():
                 break
+            if self.ckpt:
+                self.ckpt.after_epoch()
+        if self.stop_reason == "preempted":
+            return self.stop_preempted()
         return self.finish()
+
+    def stop_preempted(self) -> dict[str, Any]:
+        final = {"done": False, "preempted": True, "stop_reason": "preempted"}
+        self.emit(final)
+        return {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": self.p.total_steps, **final}
 
     def finish(self) -> dict[str, Any]:
         p = self.p
+        if self.ckpt:
+            self.ckpt.at_end()  # before the test set: the final weights are what gets evaluated
         final: dict[str, Any] = {**self.meter.flush(), **self.last_eval} if self.meter.steps else dict(self.last_eval)
         if p.test is not None:
             final.update(evaluate(p.model, p.task, p.test, p.world, p.precision, "test", p.sharded))
@@ -225,20 +258,39 @@ class Loop:
         if p.early and p.early.tracker.best is not None:
             final[f"best_{p.early.cfg.metric}"] = p.early.tracker.best
         self.emit(final)
-        return {"epoch": self.epoch, "step": self.step, "total_steps": p.total_steps, **final}
+        return {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": p.total_steps, **final}
 
 
-def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def make_store(run_dir: str | None) -> Store | None:
+    """Ray Train's storage when running under it; the run directory under torchrun; else none."""
+    try:
+        from ray.train import get_context
+
+        get_context()
+        return RayStore()
+    except Exception:
+        return DirStore(run_dir) if run_dir else None
+
+
+def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
+               preempt_flag: Any = None) -> dict[str, Any]:
     world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
+    loop: Loop | None = None
     try:
         parts = build(spec, world)
         log = JsonlLog(Path(run_dir) / "metrics.jsonl" if run_dir and world.is_main else None)
-        return Loop(parts, reporter or reporter_for_launcher(world.is_main), log).fit()
+        loop = Loop(parts, reporter or reporter_for_launcher(world.is_main), log)
+        store = make_store(run_dir)
+        if store is not None:
+            loop.ckpt = Checkpointer(loop, store, PreemptionWatch(preempt_flag))
+        return loop.fit()
     finally:
+        if loop is not None and loop.ckpt is not None:
+            loop.ckpt.close()
         dist.teardown_if_owned()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry: the spec arrives as JSON-compatible data, never as shell text."""
     spec = TrainingJobSpec.model_validate(config["spec"])
-    run_worker(spec, config.get("run_dir"))
+    run_worker(spec, config.get("run_dir"), preempt_flag=config.get("preempt_flag"))

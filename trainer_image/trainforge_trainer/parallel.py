@@ -68,13 +68,20 @@ def _unwrapped_blocks(model: nn.Module, blocks: Sequence[nn.Module]) -> list[nn.
     return found or list(blocks)
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module under torch.compile's wrapper (compile is applied last, around DDP/FSDP)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
+    model = uncompiled(model)
     return model.module if isinstance(model, DDP) else model
 
 
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Skip gradient all-reduce / reduce-scatter on non-boundary micro-steps of an accumulation."""
+    model = uncompiled(model)
     if isinstance(model, DDP) and not enabled:
         with model.no_sync():
             yield

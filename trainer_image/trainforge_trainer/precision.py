@@ -105,9 +105,11 @@ class Precision:
             )
 
     def state_dict(self) -> dict:
-        return {"scaler": self.scaler.state_dict() if self.scaler else None, "skipped": float(self.skipped)}
+        return {"scaler": self.scaler.state_dict() if self.scaler else None, "skipped": float(self.skipped),
+                "consecutive": float(self.consecutive), "worst_run": float(self.worst_run)}
 
     def load_state_dict(self, state: dict) -> None:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.skipped.fill_(state.get("skipped", 0.0))
+        for name in ("skipped", "consecutive", "worst_run"):
+            getattr(self, name).fill_(state.get(name, 0.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .ckpt_cmd import checkpoints
 from .planned import register_planned
 from .run_cmd import run
 from .spec_cmds import crd, validate, version
@@ -20,6 +21,7 @@ cli.add_command(validate)
 cli.add_command(crd)
 cli.add_command(version)
 cli.add_command(run)
+cli.add_command(checkpoints)
 register_planned(cli)
 
 

@@ -21,9 +21,13 @@ from .console import err, out
 @click.option("--workers", type=click.IntRange(min=1), help="Override spec.workers.")
 @click.option("--storage", help="Run storage: a directory or s3://bucket/prefix (default ./trainforge-runs).")
 @click.option("--name", help="Run name (default metadata.name); the same name and storage resume a run.")
+@click.option("--fresh", is_flag=True, help="Discard this run's checkpoints and start over (default: resume).")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def run(file: Path, workers: int | None, storage: str | None, name: str | None, output: str) -> None:
-    """Run a TrainingJob locally on embedded Ray: same trainer code path as on a cluster."""
+def run(file: Path, workers: int | None, storage: str | None, name: str | None, fresh: bool, output: str) -> None:
+    """Run a TrainingJob locally on embedded Ray: same trainer code path as on a cluster.
+
+    Running it again with the same name and storage resumes from the newest valid checkpoint.
+    Exit codes: 0 succeeded, 1 failed, 75 preempted (SIGTERM: checkpointed; run again to resume)."""
     try:
         jobs = load_jobs(file)
     except SpecValidationError as exc:
@@ -34,31 +38,57 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
         raise click.UsageError(f"{file} holds {len(jobs)} TrainingJobs; run takes exactly one")
     from ..local import LocalRun
 
-    local = LocalRun(jobs[0], workers=workers, storage=storage, name=name)
+    local = LocalRun(jobs[0], workers=workers, storage=storage, name=name, fresh=fresh)
     try:
+        _announce(local, fresh)
         outcome = _execute(local, show_progress=output == "text")
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: Ray was shut down cleanly")
         sys.exit(130)
-    except ValueError as exc:  # PreflightError: bad task, impossible resources
+    except (ValueError, RuntimeError) as exc:  # PreflightError, unusable storage
         err.print(f"[red]error[/] {escape(str(exc))}")
         sys.exit(1)
     if output == "json":
         click.echo(json.dumps(outcome.as_dict(), indent=2, default=str))
     else:
         _print_summary(outcome)
-    sys.exit(0 if outcome.succeeded else 1)
+    sys.exit(outcome.exit_code)
+
+
+def _announce(local: Any, fresh: bool) -> None:
+    found = [e for e in local.existing_checkpoints() if e.complete]
+    if not found:
+        return
+    where = f"{local.storage_path.rstrip('/')}/{local.run_name}"
+    if fresh:
+        err.print(f"--fresh: discarding {len(found)} checkpoint(s) of run {local.run_name} at {where}")
+    else:
+        err.print(f"run {local.run_name} has {len(found)} checkpoint(s) at {where}, newest at step "
+                  f"{found[-1].step}: resuming (--fresh starts over)")
+
+
+def _report_events(report: dict[str, Any]) -> None:
+    """One-off lines for what the progress bar cannot show."""
+    for skipped in report.get("skipped_checkpoints") or []:
+        err.print(f"[yellow]warning[/] skipped unusable checkpoint {escape(skipped)}")
+    if "resumed_from" in report:
+        err.print(f"resuming from step {report['resumed_step']} (checkpoint {escape(report['resumed_from'])})")
+    for change in report.get("spec_changes") or []:
+        err.print(f"[yellow]warning[/] spec changed since that checkpoint: {escape(change)}")
+    if report.get("stop_reason") == "preempted":
+        err.print(f"[yellow]preempted[/]: checkpoint saved at step {report.get('step')}; run again to resume")
 
 
 def _execute(local: Any, show_progress: bool) -> Any:
     if not show_progress:
-        return local.execute()
+        return local.execute(_report_events)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
         bar = progress.add_task(f"{local.run_name}: starting Ray", total=None, info="")
 
         def on_report(report: dict[str, Any]) -> None:
+            _report_events(report)
             info = "  ".join(
                 f"{k} {_fmt(report[k])}" for k in ("loss", "lr", "samples_per_s", "val_loss", "val_accuracy")
                 if k in report
@@ -75,12 +105,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+_NOT_SHOWN = {"done", "skipped_checkpoints", "spec_changes", "resumed_from", "resumed_step", "preempted",
+              "checkpoint_blocking_s"}
+
+
 def _print_summary(outcome: Any) -> None:
-    table = Table(title=f"{outcome.name}: {'succeeded' if outcome.succeeded else 'failed'}", show_header=True)
+    table = Table(title=f"{outcome.name}: {outcome.status}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in outcome.metrics.items():
-        if key != "done":
+        if key not in _NOT_SHOWN:
             table.add_row(key, _fmt(value))
     table.add_row("run directory", outcome.run_dir)
     out.print(table)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import CheckpointEntry, StorageTarget, list_checkpoints, resolve_storage
 from ..spec import TrainingJob, TrainingJobSpec
 
 DEFAULT_ROOT = "trainforge-runs"
@@ -22,16 +23,22 @@ def default_storage() -> str:
 class RunOutcome:
     name: str
     storage: str
-    succeeded: bool
+    status: str
+    """succeeded, failed or preempted (checkpointed on SIGTERM; running it again resumes)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    exit_code: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
 
     @property
     def run_dir(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.name}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "storage": self.storage, "runDir": self.run_dir,
+        return {"name": self.name, "storage": self.storage, "runDir": self.run_dir, "status": self.status,
                 "succeeded": self.succeeded, "metrics": self.metrics, "error": self.error}
 
 
@@ -43,6 +50,8 @@ class LocalRun:
     workers: int | None = None
     storage: str | None = None
     name: str | None = None
+    fresh: bool = False
+    """Discard the run's earlier checkpoints instead of resuming from them."""
     ray_init: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -58,39 +67,48 @@ class LocalRun:
         return self.name or self.job.name
 
     @property
+    def target(self) -> StorageTarget:
+        cfg = self.job.spec.checkpoint
+        return resolve_storage(self.storage or cfg.storage or default_storage(), cfg.endpoint, cfg.region)
+
+    @property
     def storage_path(self) -> str:
-        target = self.storage or self.job.spec.checkpoint.storage or default_storage()
-        return target if "://" in target else str(Path(target).resolve())
+        return self.target.uri
+
+    def existing_checkpoints(self) -> list[CheckpointEntry]:
+        """The run's checkpoints already on storage (manifests only; the workers verify contents)."""
+        target = self.target
+        return list_checkpoints(target.filesystem, target.run_path(self.run_name), check=False)
 
     def execute(self, on_report: Callable[[dict[str, Any]], None] = lambda r: None) -> RunOutcome:
         import ray
         from ray.util.queue import Queue
-        from trainforge_trainer.launch import check_fits, make_trainer, preflight
+        from trainforge_trainer.driver import discard_run, fit_run
+        from trainforge_trainer.launch import check_fits, preflight
 
-        spec = self.spec
+        spec, target = self.spec, self.target
         preflight(spec)  # a bad task or impossible arguments fail here, before Ray starts anything
+        if self.fresh:
+            discard_run(target, self.run_name)
         started_ray = not ray.is_initialized()
         prepare_ray_env()
         if started_ray:
-            ray.init(**self._init_kwargs(spec))
+            ray.init(**self._init_kwargs())
         try:
             check_fits(spec, ray.cluster_resources())
             reports = Queue(actor_options={"num_cpus": 0})
             from .progress import ReportPump, make_callback
 
-            trainer = make_trainer(spec, self.run_name, self.storage_path, callbacks=[make_callback(reports)])
+            run_dir = target.run_path(self.run_name) if target.uri.startswith("/") else None
             with ReportPump(reports, on_report) as pump:
-                try:
-                    trainer.fit()
-                    error = None
-                except Exception as exc:  # TrainingFailedError carries the worker's traceback
-                    error = _short_error(exc)
-            return RunOutcome(self.run_name, self.storage_path, error is None, pump.final or pump.last, error)
+                result = fit_run(spec, self.run_name, target, [make_callback(reports)], run_dir)
+            metrics = {**result.metrics, **(pump.final or pump.last)}
+            return RunOutcome(self.run_name, target.uri, result.status, metrics, result.error, result.exit_code)
         finally:
             if started_ray:
                 ray.shutdown()
 
-    def _init_kwargs(self, spec: TrainingJobSpec) -> dict[str, Any]:
+    def _init_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
             "num_cpus": os.cpu_count() or 1,
@@ -106,10 +124,3 @@ def prepare_ray_env() -> None:
     # Train V2 workers hand each report to a one-slot queue that the controller drains once per
     # health check (2 s by default): without this every report would stall training that long.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
-
-
-def _short_error(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # The worker's own exception line is the last line of the embedded traceback.
-    return lines[-1] if lines else type(exc).__name__

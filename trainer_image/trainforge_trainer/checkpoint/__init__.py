@@ -1,0 +1,1 @@
+"""Complete training state to storage and back: see manager.Checkpointer."""

@@ -1,0 +1,269 @@
+"""The checkpointer: when to save, how all ranks write one consistent checkpoint, how a run resumes.
+
+Every stateful part (model and optimizer, schedule, precision/scaler, early stopping, position,
+RNG) is saved through its own `state_dict()` and restored through `load_state_dict()`."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as torch_dist
+from trainforge.checkpoints import Manifest, list_checkpoints, plan_retention, prune, verify, write_manifest
+from trainforge.checkpoints.manifest import digest
+from trainforge.spec import CheckpointConfig
+
+from . import rng
+from .files import DCP_DIR, read_model, read_trainer, write_model, write_trainer
+from .preempt import PreemptionWatch, ray_preemption_notice
+from .state import spec_changes, spec_dict, spec_hash, versions
+from .store import Store
+
+if TYPE_CHECKING:
+    from ..loop import Loop
+
+log = logging.getLogger("trainforge.checkpoint")
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a preemption signal after saving a checkpoint (exit code 75)."""
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later, and the job will resume
+
+
+def _distributed() -> bool:
+    return torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def _from_main(obj: Any) -> Any:
+    if not _distributed():
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@dataclass
+class Resumed:
+    path: str
+    step: int
+    skipped: list[str] = field(default_factory=list)
+    spec_changes: list[str] = field(default_factory=list)
+
+
+class Checkpointer:
+    def __init__(self, loop: Loop, store: Store, watch: PreemptionWatch | None = None) -> None:
+        self.loop, self.store = loop, store
+        self.cfg: CheckpointConfig = loop.p.spec.checkpoint
+        self.watch = watch or PreemptionWatch()
+        self.last_saved_step = -1
+        self.last_save_time = time.monotonic()
+        self.noticed_drain = False
+        self.check_every = loop.p.spec.log_every_steps
+        self.pending_rng: dict[str, Any] | None = None
+
+    # ---- saving -------------------------------------------------------------------------------
+
+    def after_step(self) -> bool:
+        """At an optimizer-step boundary. True when training must stop (preempted, saved)."""
+        step = self.loop.pos.step
+        due = bool(self.cfg.every_steps and step % self.cfg.every_steps == 0)
+        if step % self.check_every == 0:
+            preempt, late, drain = self._agree_on_signals()
+            if preempt:
+                self.save("preempted")
+                return True
+            if drain and not self.noticed_drain:
+                self.noticed_drain = True
+                log.warning("Ray Train reports this run's node is being drained: checkpointing now")
+                due = True
+            due = due or late
+        if due:
+            self.save("interval")
+        return False
+
+    def after_epoch(self) -> None:
+        if self.cfg.every_epoch:
+            self.save("epoch")
+
+    def at_end(self) -> None:
+        self.save("final")
+
+    def _agree_on_signals(self) -> tuple[bool, bool, bool]:
+        world = self.loop.p.world
+        late = bool(self.cfg.every_seconds) and world.is_main and \
+            time.monotonic() - self.last_save_time >= (self.cfg.every_seconds or 0)
+        flags = torch.tensor([float(self.watch.requested.is_set()), float(late)], device=world.device)
+        if _distributed():
+            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        preempt, late_all = (bool(v) for v in flags.tolist())
+        return preempt, late_all, ray_preemption_notice()
+
+    def save(self, reason: str) -> None:
+        loop, p = self.loop, self.loop.p
+        if self.last_saved_step == loop.pos.step and reason != "preempted":
+            return
+        started = time.perf_counter()
+        name = _from_main(f"checkpoint_{loop.pos.step:09d}_{time.time_ns() // 1_000_000:x}")
+        local = self.store.staging(name)
+        if p.sharded:
+            (local / DCP_DIR).mkdir(exist_ok=True)
+        write_model(p.model, p.optimizer, local, p.sharded, p.world.is_main)
+        rng_states = _gather(rng.capture({"augment": p.augment_rng}))
+        if p.world.is_main:
+            write_trainer(self._trainer_state(rng_states, reason), local)
+        mine = {rel: digest(str(local / rel)) for rel in owned_files(local, p.world.rank)}
+        files = {k: v for part in _gather(mine) for k, v in part.items()}
+        metrics = self._metrics(reason, name)
+        if p.world.is_main:
+            write_manifest(_local_fs(), str(local), self._manifest(files, metrics, reason))
+        blocking_s = time.perf_counter() - started
+        # A preemption grace period is short: that checkpoint is uploaded before the run stops.
+        self.store.commit(local if mine or p.world.is_main else None, name,
+                          {**metrics, "checkpoint_blocking_s": blocking_s}, self.cfg.async_ and reason != "preempted")
+        if not mine and not p.world.is_main and self.store.uploads_on_report:
+            shutil.rmtree(local, ignore_errors=True)
+        self.last_saved_step, self.last_save_time = loop.pos.step, time.monotonic()
+        if p.world.is_main:
+            log.info("checkpoint %s (%s) staged in %.2fs", name, reason, blocking_s)
+            if not self.store.uploads_on_report:
+                self.apply_retention()
+
+    def _trainer_state(self, rng_states: list[dict[str, Any]], reason: str) -> dict[str, Any]:
+        loop, p = self.loop, self.loop.p
+        return {
+            "position": loop.pos.state_dict(),
+            "schedule": p.schedule.state_dict(),
+            "precision": p.precision.state_dict(),
+            "early": p.early.state_dict() if p.early else None,
+            "last_eval": dict(loop.last_eval),
+            "rng": rng_states,
+            "world_size": p.world.size,
+            "batch_size": p.spec.batch.size,
+            "stop_reason": loop.stop_reason or ("epochs" if reason == "final" else ""),
+        }
+
+    def _metrics(self, reason: str, name: str) -> dict[str, Any]:
+        loop = self.loop
+        return {"epoch": loop.pos.epoch, "step": loop.pos.step, "total_steps": loop.p.total_steps,
+                **loop.last_eval, "checkpoint": name, "checkpoint_reason": reason,
+                "preempted": reason == "preempted"}
+
+    def _manifest(self, files: dict[str, Any], metrics: dict[str, Any], reason: str) -> Manifest:
+        p, pos = self.loop.p, self.loop.pos
+        return Manifest(
+            step=pos.step, epoch=pos.epoch, batches_in_epoch=pos.micro_in_epoch,
+            samples_in_epoch=pos.micro_in_epoch * p.spec.batch.size * p.world.size,
+            world_size=p.world.size, strategy=p.spec.strategy.type, spec_hash=spec_hash(p.spec),
+            files=files, metrics={k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)},
+            spec=spec_dict(p.spec), versions=versions(), reason=reason,
+        )
+
+    def apply_retention(self) -> None:
+        keep_best = self.cfg.keep_best
+        entries = list_checkpoints(self.store.fs, self.store.run_path, check=False)
+        for entry in plan_retention(entries, self.cfg.keep, keep_best.metric if keep_best else None,
+                                    keep_best.mode if keep_best else "max", keep_best.count if keep_best else 0):
+            prune(self.store.fs, entry)
+
+    # ---- resuming -----------------------------------------------------------------------------
+
+    def choose(self) -> tuple[str | None, list[str]]:
+        """On rank 0: the newest checkpoint that verifies, and what was skipped on the way there.
+        Newer unusable ones are marked corrupt so retention and later resumes ignore them."""
+        entries = list_checkpoints(self.store.fs, self.store.run_path, check=False)
+        skipped: list[str] = []
+        for entry in reversed(entries):
+            if entry.manifest is None or entry.manifest.status == "pruned":
+                continue
+            if entry.manifest.status == "complete":
+                verdict = verify(self.store.fs, entry.path, entry.manifest, hashes=True)
+                if verdict.valid:
+                    return entry.path, skipped
+                log.warning("checkpoint %s (step %d) is unusable: %s; trying the previous one",
+                            entry.name, entry.step, verdict.reason)
+                skipped.append(f"{entry.name} (step {entry.step}): {verdict.reason}")
+                prune(self.store.fs, entry, status="corrupt")
+        return None, skipped
+
+    def restore(self) -> Resumed | None:
+        p = self.loop.p
+        chosen, skipped = self.choose() if p.world.is_main else (None, [])
+        chosen, skipped = _from_main((chosen, skipped))
+        if chosen is None:
+            return None
+        with self.store.fetch(chosen) as local:
+            manifest = Manifest.from_json((Path(local) / "manifest.json").read_text())
+            read_model(p.model, p.optimizer, Path(local), p.sharded, manifest.strategy == "fsdp")
+            self._load_trainer(read_trainer(Path(local)), manifest)
+        self.last_saved_step = manifest.step
+        changes = spec_changes(manifest.spec, spec_dict(p.spec)) if manifest.spec_hash != spec_hash(p.spec) else []
+        if changes and p.world.is_main:
+            log.warning("the spec changed since checkpoint %s: %s", chosen, "; ".join(changes))
+        return Resumed(chosen, manifest.step, skipped, changes)
+
+    def _load_trainer(self, state: dict[str, Any], manifest: Manifest) -> None:
+        loop, p = self.loop, self.loop.p
+        loop.pos.load_state_dict(state["position"])
+        same_layout = state["world_size"] == p.world.size and state["batch_size"] == p.spec.batch.size
+        if not same_layout:  # map the samples already seen onto this world size, rounded down
+            per_step = p.world.size * p.spec.batch.size * p.spec.batch.grad_accumulation
+            loop.pos.micro_in_epoch = manifest.samples_in_epoch // per_step * p.spec.batch.grad_accumulation
+        p.schedule.load_state_dict(state["schedule"])
+        p.precision.load_state_dict(state["precision"])
+        if p.early and state.get("early"):
+            p.early.load_state_dict(state["early"])
+        loop.last_eval = dict(state.get("last_eval") or {})
+        stopped = state.get("stop_reason", "")
+        # A finished run stays finished, unless the spec now allows more steps than it ran.
+        if stopped == "early_stopping" or (stopped and loop.pos.step >= p.total_steps):
+            loop.stop_reason = stopped
+        ranks = state["rng"]
+        if p.world.rank < len(ranks):
+            self.pending_rng = ranks[p.world.rank]  # applied once the epoch's data iterator exists
+
+    def restore_rng(self) -> None:
+        """Creating a DataLoader iterator draws from the torch RNG: restore after that, so the rest
+        of the epoch sees exactly the random stream the uninterrupted run saw."""
+        if self.pending_rng is not None:
+            rng.restore(self.pending_rng, {"augment": self.loop.p.augment_rng})
+            self.pending_rng = None
+
+    def close(self) -> None:
+        self.watch.close()
+
+
+def owned_files(local: Path, rank: int) -> list[str]:
+    """The files this rank wrote (ranks may share `local` under torchrun): DCP names shards by rank."""
+    owned = []
+    for path in sorted(local.rglob("*")):
+        rel = path.relative_to(local).as_posix()
+        if not path.is_file():
+            continue
+        if rel.startswith(f"{DCP_DIR}/"):
+            base = rel.split("/", 1)[1]
+            if base.startswith(f"__{rank}_") or (rank == 0 and not base.startswith("__")):
+                owned.append(rel)
+        elif rank == 0:
+            owned.append(rel)
+    return owned
+
+
+def _local_fs() -> Any:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()

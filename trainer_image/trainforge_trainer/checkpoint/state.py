@@ -1,0 +1,64 @@
+"""What a checkpoint holds besides model and optimizer: every Stateful component of the loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from trainforge.spec import TrainingJobSpec
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Position:
+    """Where training is: the epoch, the optimizer step, and the micro-batches of this epoch already
+    trained on (per rank), so a resumed run skips exactly those."""
+
+    epoch: int = 0
+    step: int = 0
+    micro_in_epoch: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.step, self.micro_in_epoch = state["epoch"], state["step"], state["micro_in_epoch"]
+
+
+def spec_dict(spec: TrainingJobSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", by_alias=True)
+
+
+def spec_hash(spec: TrainingJobSpec) -> str:
+    canonical = json.dumps(spec_dict(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "spec") -> list[str]:
+    """Paths whose values differ between two spec dumps, e.g. ['spec.epochs: 2 -> 3']."""
+    changes: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b, path = old.get(key), new.get(key), f"{prefix}.{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.extend(spec_changes(a, b, path))
+        elif a != b:
+            changes.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")
+    return changes
+
+
+def versions() -> dict[str, str]:
+    import trainforge
+
+    found = {"trainforge": trainforge.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import ray
+
+        found["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return found

@@ -1,0 +1,94 @@
+"""The Ray driver's side of one run: start the TorchTrainer, turn SIGTERM into a checkpoint-and-stop
+request for the workers, and say how the run ended. Used by `trainforge run` and on a cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trainforge.checkpoints import StorageTarget
+from trainforge.spec import TrainingJobSpec
+
+from .checkpoint.manager import PREEMPTED_EXIT_CODE
+from .checkpoint.preempt import PreemptFlag
+
+log = logging.getLogger("trainforge.driver")
+Status = Literal["succeeded", "failed", "preempted"]
+EXIT_CODES: dict[str, int] = {"succeeded": 0, "failed": 1, "preempted": PREEMPTED_EXIT_CODE}
+
+
+@dataclass
+class RunResult:
+    status: Status
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Metrics of the newest checkpoint (Ray Train keeps metrics only with checkpoints)."""
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@contextlib.contextmanager
+def sigterm_requests_stop(flag: Any) -> Iterator[None]:
+    """While the run is in flight, SIGTERM asks the workers to checkpoint and stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: the workers will checkpoint at the next step boundary and stop")
+        flag.set.remote()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: list[Any],
+            run_dir: str | None = None) -> RunResult:
+    import ray
+
+    from .callbacks import RetentionCallback
+    from .launch import make_trainer
+
+    flag = ray.remote(PreemptFlag).options(num_cpus=0).remote()
+    trainer = make_trainer(spec, name, target, [*callbacks, RetentionCallback(spec.checkpoint)],
+                           preempt_flag=flag, run_dir=run_dir)
+    try:
+        with sigterm_requests_stop(flag):
+            try:
+                result = trainer.fit()
+            except Exception as exc:  # TrainingFailedError carries the worker's traceback
+                return RunResult("failed", error=short_error(exc))
+    finally:
+        ray.kill(flag)
+    metrics = dict(result.metrics or {})
+    return RunResult("preempted" if metrics.get("preempted") else "succeeded", metrics)
+
+
+def discard_run(target: StorageTarget, name: str) -> int:
+    """Delete a run's directory (checkpoints and Ray's run snapshot); returns the checkpoints dropped."""
+    import pyarrow.fs as pafs
+    from trainforge.checkpoints import list_checkpoints
+
+    path = target.run_path(name)
+    if target.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return 0
+    dropped = sum(1 for e in list_checkpoints(target.filesystem, path, check=False) if e.complete)
+    target.filesystem.delete_dir(path)
+    return dropped
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # The worker's own exception line is the last line of the embedded traceback.
+    return lines[-1] if lines else type(exc).__name__
