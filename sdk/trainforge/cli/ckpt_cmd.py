@@ -8,12 +8,13 @@ import sys
 from typing import Any
 
 import click
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from .console import err, out
 
-_SHOWN_METRICS = ("loss", "val_loss", "val_accuracy")
+_SHOWN_METRICS = ("val_loss", "val_accuracy")
 
 
 @click.command()
@@ -72,12 +73,13 @@ def _size(n: int | None) -> str:
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    table = Table(show_header=True)
-    for col in ("step", "epoch", "reason", *_SHOWN_METRICS, "size", "valid", "created", "checkpoint"):
-        table.add_column(col, justify="right" if col in ("step", "epoch", "size", *_SHOWN_METRICS) else "left")
+    table = Table(show_header=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("step", "epoch", "reason", *_SHOWN_METRICS, "size", "valid", "checkpoint"):
+        table.add_column(col, justify="right" if col in ("step", "epoch", "size", *_SHOWN_METRICS) else "left",
+                         no_wrap=True)
     for r in rows:
         metrics = [f"{r['metrics'][k]:.4g}" if isinstance(r["metrics"].get(k), float) else "-" for k in _SHOWN_METRICS]
         valid = "[green]yes[/]" if r["valid"] else f"[red]no[/]: {escape(r['problem'] or r['status'])}"
         table.add_row(str(r["step"]), str(r["epoch"] if r["epoch"] is not None else "-"), r["reason"] or "-",
-                      *metrics, _size(r["sizeBytes"]), valid, r["created"] or "-", escape(r["name"]))
+                      *metrics, _size(r["sizeBytes"]), valid, escape(r["name"]))
     out.print(table)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 
-out = Console(soft_wrap=True, highlight=False)
+# Piped output (CI logs, `| less`) gets room for whole tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+
+out = Console(soft_wrap=True, highlight=False, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -1,0 +1,98 @@
+"""The checkpoint format without training: manifests, verification, listing order, retention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+from trainforge.checkpoints import Manifest, list_checkpoints, plan_retention, prune, verify, write_manifest
+from trainforge.checkpoints.manifest import digest
+
+LOCAL = pafs.LocalFileSystem()
+
+
+def make_checkpoint(run: Path, name: str, step: int, metrics: dict | None = None, payload: bytes = b"x" * 1000,
+                    created: float | None = None) -> Path:
+    path = run / name
+    (path / "dcp").mkdir(parents=True)
+    (path / "model.pt").write_bytes(payload)
+    (path / "dcp" / "__0_0.distcp").write_bytes(payload[::-1] + b"shard")
+    files = {rel: digest(str(path / rel)) for rel in ("model.pt", "dcp/__0_0.distcp")}
+    manifest = Manifest(step=step, epoch=0, batches_in_epoch=step, samples_in_epoch=step * 32, world_size=1,
+                        strategy="ddp", spec_hash="h", files=files, metrics=metrics or {})
+    if created is not None:
+        manifest.created = created
+    write_manifest(LOCAL, str(path), manifest)
+    return path
+
+
+def test_a_complete_checkpoint_verifies(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, "checkpoint_1", 1)
+    assert verify(LOCAL, str(path)).valid
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda p: (p / "manifest.json").unlink(), "no manifest.json"),
+    (lambda p: (p / "model.pt").write_bytes(b"x" * 10), "model.pt has 10 bytes, the manifest says 1000"),
+    (lambda p: (p / "dcp" / "__0_0.distcp").unlink(), "dcp/__0_0.distcp is missing"),
+    (lambda p: (p / "model.pt").write_bytes(b"y" * 1000), "model.pt does not match its SHA-256"),
+    (lambda p: (p / "manifest.json").write_text("{not json"), "unreadable manifest.json"),
+])
+def test_damaged_checkpoints_are_refused_with_the_reason(tmp_path: Path, damage, reason: str) -> None:
+    path = make_checkpoint(tmp_path, "checkpoint_1", 1)
+    damage(path)
+    verdict = verify(LOCAL, str(path))
+    assert not verdict.valid
+    assert reason in verdict.reason
+
+
+def test_listing_orders_by_step_not_by_name(tmp_path: Path) -> None:
+    for step in (100, 9, 10, 99, 101):  # unpadded names: "checkpoint_100" < "checkpoint_9" as text
+        make_checkpoint(tmp_path, f"checkpoint_{step}", step)
+    (tmp_path / "checkpoint_102").mkdir()  # a save that never finished: no manifest
+    entries = list_checkpoints(LOCAL, str(tmp_path))
+    assert [e.step for e in entries] == [-1, 9, 10, 99, 100, 101]
+    assert not entries[0].verdict.valid and "did not finish" in entries[0].verdict.reason
+
+
+def test_a_repeated_step_sorts_by_creation_time(tmp_path: Path) -> None:
+    # A run resumed from step 10 saves step 20 again: the newer one is the newest.
+    make_checkpoint(tmp_path, "checkpoint_b", 20, created=2000.0)
+    make_checkpoint(tmp_path, "checkpoint_a", 20, created=1000.0)
+    assert [e.name for e in list_checkpoints(LOCAL, str(tmp_path))] == ["checkpoint_a", "checkpoint_b"]
+
+
+def test_retention_keeps_the_newest_by_step_plus_the_best_by_metric(tmp_path: Path) -> None:
+    accuracy = {9: 0.91, 10: 0.97, 11: 0.50, 99: 0.80, 100: 0.96, 101: 0.60, 102: 0.70}
+    for step, acc in accuracy.items():
+        make_checkpoint(tmp_path, f"checkpoint_{step}", step, {"val_accuracy": acc})
+    entries = list_checkpoints(LOCAL, str(tmp_path), check=False)
+    pruned = plan_retention(entries, keep=2, best_metric="val_accuracy", best_mode="max", best_count=2)
+    assert sorted(e.step for e in pruned) == [9, 11, 99]  # kept: newest 101, 102; best 10, 100
+    for entry in pruned:
+        prune(LOCAL, entry)
+    after = list_checkpoints(LOCAL, str(tmp_path))
+    assert {e.step: e.verdict.valid for e in after} == {9: False, 10: True, 11: False, 99: False, 100: True,
+                                                        101: True, 102: True}
+    stub = tmp_path / "checkpoint_9"
+    assert sorted(p.name for p in stub.iterdir()) == ["manifest.json"]  # data gone, marker stays
+    assert json.loads((stub / "manifest.json").read_text())["status"] == "pruned"
+
+
+def test_retention_by_min_metric_ignores_checkpoints_without_it(tmp_path: Path) -> None:
+    for step, loss in ((1, None), (2, 0.5), (3, 0.2), (4, 0.9), (5, None)):
+        make_checkpoint(tmp_path, f"checkpoint_{step}", step, {} if loss is None else {"val_loss": loss})
+    entries = list_checkpoints(LOCAL, str(tmp_path), check=False)
+    pruned = plan_retention(entries, keep=1, best_metric="val_loss", best_mode="min", best_count=1)
+    assert sorted(e.step for e in pruned) == [1, 2, 4]
+
+
+def test_retention_never_touches_protected_or_incomplete_checkpoints(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        make_checkpoint(tmp_path, f"checkpoint_{step}", step)
+    (tmp_path / "checkpoint_4").mkdir()  # being written right now
+    entries = list_checkpoints(LOCAL, str(tmp_path), check=False)
+    pruned = plan_retention(entries, keep=1, protect=[str(tmp_path / "checkpoint_1")])
+    assert [e.step for e in pruned] == [2]
