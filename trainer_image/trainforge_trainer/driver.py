@@ -19,6 +19,8 @@ from .checkpoint.preempt import PreemptFlag
 
 log = logging.getLogger("trainforge.driver")
 Status = Literal["succeeded", "failed", "preempted"]
+PREEMPTED_ERROR = "TrainingPreempted"
+"""Error type of a preempted run: the operator counts it as a preemption, not a failure."""
 EXIT_CODES: dict[str, int] = {"succeeded": 0, "failed": 1, "preempted": PREEMPTED_EXIT_CODE}
 
 
@@ -71,7 +73,10 @@ def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: 
     finally:
         ray.kill(flag)
     metrics = dict(result.metrics or {})
-    return RunResult("preempted" if metrics.get("preempted") else "succeeded", metrics)
+    if metrics.get("preempted"):
+        return RunResult("preempted", metrics, f"{PREEMPTED_ERROR}: stopped on a preemption signal after "
+                                               f"checkpointing step {metrics.get('step')}; running again resumes")
+    return RunResult("succeeded", metrics)
 
 
 def discard_run(target: StorageTarget, name: str) -> int:

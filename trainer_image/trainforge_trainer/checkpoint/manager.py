@@ -29,11 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trainforge.checkpoint")
 
-
-class Preempted(RuntimeError):
-    """Training stopped on a preemption signal after saving a checkpoint (exit code 75)."""
-
-
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later, and the job will resume
 
 

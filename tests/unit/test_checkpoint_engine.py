@@ -1,0 +1,75 @@
+"""The checkpointer inside one process (no process group): intervals, state round trip, early
+stopping state, fp16 scaler state, and a finished run that stays finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from trainforge_trainer.checkpoint.manager import Checkpointer
+from trainforge_trainer.checkpoint.store import DirStore
+from trainforge_trainer.loop import JsonlLog, Loop
+
+from tests.unit.test_engine import Collect, parts_for
+
+
+def loop_for(run: Path, **spec: Any) -> tuple[Loop, Collect]:
+    reports = Collect()
+    loop = Loop(parts_for(**spec), reports, JsonlLog(None))
+    loop.ckpt = Checkpointer(loop, DirStore(run))
+    return loop, reports
+
+
+def saved(run: Path) -> list[tuple[int, str]]:
+    found = [json.loads(p.read_text()) for p in run.glob("checkpoint_*/manifest.json")]
+    return sorted((m["step"], m["reason"]) for m in found if m["status"] == "complete")
+
+
+def test_step_epoch_and_final_intervals_combine(tmp_path: Path) -> None:
+    # 1257 samples / 64 = 20 steps per epoch; maxSteps 30 ends mid-epoch 1.
+    loop, _ = loop_for(tmp_path, batch={"size": 64}, maxSteps=30, eval={"everyEpoch": False},
+                       checkpoint={"everySteps": 8, "everyEpoch": True, "keep": 100})
+    loop.fit()
+    assert saved(tmp_path) == [(8, "interval"), (16, "interval"), (20, "epoch"), (24, "interval"), (30, "final")]
+
+
+def test_every_seconds_is_checked_at_the_report_cadence(tmp_path: Path) -> None:
+    loop, _ = loop_for(tmp_path, batch={"size": 64}, maxSteps=9, logEverySteps=3, eval={"everyEpoch": False},
+                       checkpoint={"everySeconds": 0.001, "everyEpoch": False, "keep": 100})
+    loop.fit()
+    assert saved(tmp_path) == [(3, "interval"), (6, "interval"), (9, "interval")]
+
+
+def test_every_stateful_part_round_trips(tmp_path: Path) -> None:
+    spec = {"batch": {"size": 64}, "maxSteps": 12, "precision": "fp16", "logEverySteps": 2,
+            "schedule": {"name": "plateau", "patience": 0, "factor": 0.5}, "eval": {"everySteps": 2},
+            "earlyStopping": {"metric": "val_loss", "mode": "min", "patience": 50},
+            "checkpoint": {"everySteps": 6, "everyEpoch": False}}
+    first, _ = loop_for(tmp_path, **spec)
+    first.fit()
+    second, reports = loop_for(tmp_path, **spec)
+    second.resume()
+    a, b = first.p, second.p
+    assert reports.reports[0]["resumed_step"] == 12
+    assert second.pos.state_dict() == first.pos.state_dict()
+    assert b.schedule.state_dict() == a.schedule.state_dict() and b.schedule.lr == a.schedule.lr
+    assert b.precision.state_dict() == a.precision.state_dict()  # the fp16 GradScaler's scale and tracker
+    assert b.early.state_dict() == a.early.state_dict()
+    assert second.last_eval == first.last_eval
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_a_finished_run_stays_finished_and_more_steps_continue_it(tmp_path: Path) -> None:
+    spec = {"batch": {"size": 64}, "eval": {"everyEpoch": False}, "checkpoint": {"everyEpoch": False}}
+    done, _ = loop_for(tmp_path, maxSteps=5, **spec)
+    assert done.fit()["step"] == 5
+    again, reports = loop_for(tmp_path, maxSteps=5, **spec)
+    assert again.fit()["step"] == 5 and not any("loss" in r for r in reports.reports)  # nothing retrained
+    longer, _ = loop_for(tmp_path, maxSteps=8, **spec)
+    assert longer.fit()["step"] == 8
+    assert saved(tmp_path)[-1] == (8, "final")
