@@ -14,13 +14,14 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
+from trainforge.checkpoints import resolve_storage
 from trainforge.spec import TrainingJobSpec
 
 from . import dist
 from .checkpoint.manager import Checkpointer
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.state import Position
-from .checkpoint.store import DirStore, RayStore, Store
+from .checkpoint.store import DirStore, RayStore, Store, UploadStore
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, train_loader
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
@@ -261,15 +262,21 @@ class Loop:
         return {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": p.total_steps, **final}
 
 
-def make_store(run_dir: str | None) -> Store | None:
-    """Ray Train's storage when running under it; the run directory under torchrun; else none."""
+def make_store(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:
+    """Ray Train's storage when running under it; else the run directory (local or remote) if any."""
     try:
         from ray.train import get_context
 
         get_context()
         return RayStore()
     except Exception:
-        return DirStore(run_dir) if run_dir else None
+        pass
+    if not run_dir:
+        return None
+    if "://" not in run_dir:
+        return DirStore(run_dir)
+    target = resolve_storage(run_dir, spec.checkpoint.endpoint, spec.checkpoint.region)
+    return UploadStore(target.filesystem, target.path)
 
 
 def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
@@ -278,9 +285,10 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
     loop: Loop | None = None
     try:
         parts = build(spec, world)
-        log = JsonlLog(Path(run_dir) / "metrics.jsonl" if run_dir and world.is_main else None)
+        local_dir = run_dir if run_dir and "://" not in run_dir and world.is_main else None
+        log = JsonlLog(Path(local_dir) / "metrics.jsonl" if local_dir else None)
         loop = Loop(parts, reporter or reporter_for_launcher(world.is_main), log)
-        store = make_store(run_dir)
+        store = make_store(run_dir, spec)
         if store is not None:
             loop.ckpt = Checkpointer(loop, store, PreemptionWatch(preempt_flag))
         return loop.fit()

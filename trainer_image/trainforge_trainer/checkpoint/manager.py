@@ -130,12 +130,12 @@ class Checkpointer:
         # A preemption grace period is short: that checkpoint is uploaded before the run stops.
         self.store.commit(local if mine or p.world.is_main else None, name,
                           {**metrics, "checkpoint_blocking_s": blocking_s}, self.cfg.async_ and reason != "preempted")
-        if not mine and not p.world.is_main and self.store.uploads_on_report:
+        if not mine and not p.world.is_main and self.store.stages_locally:
             shutil.rmtree(local, ignore_errors=True)
         self.last_saved_step, self.last_save_time = loop.pos.step, time.monotonic()
         if p.world.is_main:
             log.info("checkpoint %s (%s) staged in %.2fs", name, reason, blocking_s)
-            if not self.store.uploads_on_report:
+            if self.store.trainer_prunes:
                 self.apply_retention()
 
     def _trainer_state(self, rng_states: list[dict[str, Any]], reason: str) -> dict[str, Any]:
@@ -240,6 +240,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self.watch.close()
+        self.store.close()
+        if self.loop.p.world.is_main and self.store.trainer_prunes and self.last_saved_step >= 0:
+            try:
+                self.apply_retention()  # the last upload has landed: prune what it made surplus
+            except OSError:
+                log.exception("checkpoint retention failed at the end of the run")
 
 
 def owned_files(local: Path, rank: int) -> list[str]:

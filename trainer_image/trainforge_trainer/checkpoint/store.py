@@ -2,8 +2,9 @@
 
 `RayStore`: each rank stages into a local temp dir and `ray.train.report(checkpoint=...)` uploads
 it (in the background when async) into one directory of the run; Ray Train's `storage_path` and
-`storage_filesystem` decide where. `DirStore` (torchrun): all ranks write straight into the run
-directory on a shared filesystem."""
+`storage_filesystem` decide where. Without Ray (torchrun): `DirStore` has all ranks write straight
+into a run directory on a shared filesystem; `UploadStore` stages locally and uploads to remote
+storage itself, in a background thread when async (the same split Ray's async upload makes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +24,10 @@ from .transfer import download_dir, upload_dir
 class Store(Protocol):
     fs: Any
     run_path: str
-    uploads_on_report: bool
+    stages_locally: bool
+    """Each rank stages into its own temp dir (removed once uploaded)."""
+    trainer_prunes: bool
+    """Rank 0 applies retention after saving (under Ray the controller does it)."""
 
     def staging(self, name: str) -> Path: ...
 
@@ -31,9 +36,13 @@ class Store(Protocol):
 
     def fetch(self, path: str) -> contextlib.AbstractContextManager[Path]: ...
 
+    def close(self) -> None:
+        """Wait for uploads still in flight."""
+
 
 class DirStore:
-    uploads_on_report = False
+    stages_locally = False
+    trainer_prunes = True
 
     def __init__(self, run_dir: str | Path) -> None:
         self.fs = pafs.LocalFileSystem()
@@ -51,6 +60,53 @@ class DirStore:
     def fetch(self, path: str) -> Iterator[Path]:
         yield Path(path)
 
+    def close(self) -> None:
+        pass
+
+
+class UploadStore:
+    """Remote storage without Ray: each rank uploads its own staged part; one upload in flight."""
+
+    stages_locally = True
+    trainer_prunes = True
+
+    def __init__(self, fs: Any, run_path: str) -> None:
+        self.fs, self.run_path = fs, run_path.rstrip("/")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainforge-upload")
+        self._pending: Future[None] | None = None
+
+    def staging(self, name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-"))
+
+    def commit(self, local: Path | None, name: str, metrics: dict[str, Any], async_upload: bool) -> None:
+        self.wait()  # the previous upload must land first: checkpoints reach storage in order
+        if local is None:
+            return
+        self._pending = self._pool.submit(self._upload, local, f"{self.run_path}/{name}")
+        if not async_upload:
+            self.wait()
+
+    def _upload(self, local: Path, dest: str) -> None:
+        try:
+            upload_dir(local, self.fs, dest)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def wait(self) -> None:
+        """Block until the upload in flight has finished; raises what it raised."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def fetch(self, path: str) -> contextlib.AbstractContextManager[Path]:
+        return download_to_temp(self.fs, path)
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
 
 def _ray_upload(checkpoint: Any, dir_name: str) -> Any:
     """Ray Train's `checkpoint_upload_fn`: ordered and retried, unlike a plain copy_files."""
@@ -63,7 +119,8 @@ def _ray_upload(checkpoint: Any, dir_name: str) -> Any:
 
 
 class RayStore:
-    uploads_on_report = True
+    stages_locally = True
+    trainer_prunes = False
 
     def __init__(self) -> None:
         import ray.train
@@ -88,11 +145,19 @@ class RayStore:
             delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=_ray_upload,
         )
 
-    @contextlib.contextmanager
-    def fetch(self, path: str) -> Iterator[Path]:
-        local = Path(tempfile.mkdtemp(prefix="trainforge-restore-"))
-        try:
-            download_dir(self.fs, path, local)
-            yield local
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
+    def fetch(self, path: str) -> contextlib.AbstractContextManager[Path]:
+        return download_to_temp(self.fs, path)
+
+    def close(self) -> None:
+        pass  # Ray Train finishes in-flight async uploads before the run completes
+
+
+@contextlib.contextmanager
+def download_to_temp(fs: Any, path: str) -> Iterator[Path]:
+    """A checkpoint's files, all ranks' parts, in a local temp dir for the duration."""
+    local = Path(tempfile.mkdtemp(prefix="trainforge-restore-"))
+    try:
+        download_dir(fs, path, local)
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
