@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/trainforge validate examples/*.yaml
-	$(BIN)/trainforge run examples/digits-ddp.yaml
+	$(BIN)/python examples/preempt_resume.py examples/digits-ddp.yaml
 
 lint: install
 	$(BIN)/ruff check .

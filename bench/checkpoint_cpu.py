@@ -10,6 +10,7 @@ Prints a table; medians over --repeat runs."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import socket
@@ -90,12 +91,15 @@ def measure(name: str, config: dict[str, Any], s3: Any, repeat: int) -> dict[str
         fresh = trained_loop(config)
         rows["resume_s3"].append(timed(lambda f=fresh, r=run_path: Checkpointer(f, UploadStore(s3.filesystem, r))
                                        .restore()))
+        for path in (run_path, run_path + "-async"):  # moto keeps objects in memory
+            s3.filesystem.delete_dir(path)
     return {"config": name, "params": params, "size": size, **{k: statistics.median(v) for k, v in rows.items()}}
 
 
 def start_moto() -> str:
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

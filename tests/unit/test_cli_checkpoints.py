@@ -35,3 +35,16 @@ def test_an_empty_or_missing_run_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["checkpoints", "nothing", "--storage", str(tmp_path)])
     assert result.exit_code == 1
     assert "no checkpoints under" in result.output
+
+
+def test_fresh_discards_the_run_and_nothing_else(tmp_path: Path) -> None:
+    from trainforge.checkpoints import resolve_storage
+    from trainforge_trainer.driver import discard_run
+
+    for name in ("job", "other"):
+        for step in (1, 2):
+            make_checkpoint(tmp_path / name, f"checkpoint_{step}", step)
+    target = resolve_storage(str(tmp_path))
+    assert discard_run(target, "job") == 2
+    assert not (tmp_path / "job").exists() and (tmp_path / "other" / "checkpoint_2").exists()
+    assert discard_run(target, "job") == 0  # nothing there: nothing to do
