@@ -177,39 +177,50 @@ class Checkpointer:
 
     # ---- resuming -----------------------------------------------------------------------------
 
-    def choose(self) -> tuple[str | None, list[str]]:
-        """On rank 0: the newest checkpoint that verifies, and what was skipped on the way there.
-        Newer unusable ones are marked corrupt so retention and later resumes ignore them."""
-        entries = list_checkpoints(self.store.fs, self.store.run_path, check=False)
-        skipped: list[str] = []
-        for entry in reversed(entries):
-            if entry.manifest is None or entry.manifest.status == "pruned":
-                continue
-            if entry.manifest.status == "complete":
-                verdict = verify(self.store.fs, entry.path, entry.manifest, hashes=True)
-                if verdict.valid:
-                    return entry.path, skipped
-                log.warning("checkpoint %s (step %d) is unusable: %s; trying the previous one",
-                            entry.name, entry.step, verdict.reason)
-                skipped.append(f"{entry.name} (step {entry.step}): {verdict.reason}")
-                prune(self.store.fs, entry, status="corrupt")
-        return None, skipped
+    def candidates(self) -> tuple[list[tuple[str, int]], list[str]]:
+        """On rank 0: checkpoints whose files are all there at the right size, newest first, and
+        what was skipped. Contents are hashed after the fetch, so storage is read once."""
+        found, skipped = [], []
+        for entry in reversed(list_checkpoints(self.store.fs, self.store.run_path, check=True)):
+            if entry.verdict.valid:
+                found.append((entry.path, entry.step))
+            elif entry.manifest is not None and entry.manifest.status == "complete":
+                skipped.append(self._reject(entry.path, entry.step, entry.verdict.reason))
+        return found, skipped
+
+    def _reject(self, path: str, step: int, reason: str) -> str:
+        """Warn, and mark the checkpoint corrupt so retention and later resumes ignore it."""
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        log.warning("checkpoint %s (step %d) is unusable: %s; trying the previous one", name, step, reason)
+        entry = next((e for e in list_checkpoints(self.store.fs, self.store.run_path, check=False)
+                      if e.path == path), None)
+        if entry is not None:
+            prune(self.store.fs, entry, status="corrupt")
+        return f"{name} (step {step}): {reason}"
 
     def restore(self) -> Resumed | None:
         p = self.loop.p
-        chosen, skipped = self.choose() if p.world.is_main else (None, [])
-        chosen, skipped = _from_main((chosen, skipped))
-        if chosen is None:
-            return None
-        with self.store.fetch(chosen) as local:
-            manifest = Manifest.from_json((Path(local) / "manifest.json").read_text())
-            read_model(p.model, p.optimizer, Path(local), p.sharded, manifest.strategy == "fsdp")
-            self._load_trainer(read_trainer(Path(local)), manifest)
-        self.last_saved_step = manifest.step
-        changes = spec_changes(manifest.spec, spec_dict(p.spec)) if manifest.spec_hash != spec_hash(p.spec) else []
-        if changes and p.world.is_main:
-            log.warning("the spec changed since checkpoint %s: %s", chosen, "; ".join(changes))
-        return Resumed(chosen, manifest.step, skipped, changes)
+        paths, skipped = _from_main(self.candidates() if p.world.is_main else None)
+        for path, step in paths:
+            with self.store.fetch(path) as fetched:
+                local = Path(fetched)
+                verdict = verify(_local_fs(), str(local), hashes=True)
+                flag = torch.tensor([float(verdict.valid)], device=p.world.device)
+                if _distributed():
+                    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
+                if not flag.item():
+                    if p.world.is_main:
+                        skipped.append(self._reject(path, step, verdict.reason or "a rank's copy did not verify"))
+                    continue
+                manifest = Manifest.from_json((local / "manifest.json").read_text())
+                read_model(p.model, p.optimizer, local, p.sharded, manifest.strategy == "fsdp")
+                self._load_trainer(read_trainer(local), manifest)
+            self.last_saved_step = manifest.step
+            changes = spec_changes(manifest.spec, spec_dict(p.spec)) if manifest.spec_hash != spec_hash(p.spec) else []
+            if changes and p.world.is_main:
+                log.warning("the spec changed since checkpoint %s: %s", path, "; ".join(changes))
+            return Resumed(path, manifest.step, skipped, changes)
+        return None
 
     def _load_trainer(self, state: dict[str, Any], manifest: Manifest) -> None:
         loop, p = self.loop, self.loop.p

@@ -18,7 +18,7 @@ from trainforge.checkpoints import MANIFEST
 
 log = logging.getLogger("trainforge.checkpoint")
 RETRY_FOR_S = float(os.environ.get("TRAINFORGE_STORAGE_RETRY_S", "300"))
-_CHUNK = 8 << 20
+_CHUNK = 64 << 20  # few large requests: S3 charges (and some servers slow down) per request
 
 _retrying = retry(
     stop=stop_after_delay(RETRY_FOR_S),
