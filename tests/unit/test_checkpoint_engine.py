@@ -73,3 +73,19 @@ def test_a_finished_run_stays_finished_and_more_steps_continue_it(tmp_path: Path
     longer, _ = loop_for(tmp_path, maxSteps=8, **spec)
     assert longer.fit()["step"] == 8
     assert saved(tmp_path)[-1] == (8, "final")
+
+
+def test_a_newest_checkpoint_with_altered_bytes_falls_back_to_the_previous(tmp_path: Path) -> None:
+    spec = {"batch": {"size": 64}, "maxSteps": 6, "eval": {"everyEpoch": False},
+            "checkpoint": {"everySteps": 3, "everyEpoch": False}}
+    first, _ = loop_for(tmp_path, **spec)
+    first.fit()
+    (newest,) = tmp_path.glob("checkpoint_000000006_*")
+    data = bytearray((newest / "model.pt").read_bytes())
+    data[-100] ^= 0xFF  # same size: only the hash can tell
+    (newest / "model.pt").write_bytes(bytes(data))
+    again, reports = loop_for(tmp_path, **spec)
+    again.resume()
+    event = reports.reports[0]
+    assert event["resumed_step"] == 3 and again.pos.step == 3
+    assert "does not match its SHA-256" in event["skipped_checkpoints"][0]
