@@ -9,6 +9,7 @@ from .ckpt_cmd import checkpoints
 from .planned import register_planned
 from .run_cmd import run
 from .spec_cmds import crd, validate, version
+from .tune_cmd import tune_results
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,6 +23,7 @@ cli.add_command(crd)
 cli.add_command(version)
 cli.add_command(run)
 cli.add_command(checkpoints)
+cli.add_command(tune_results)
 register_planned(cli)
 
 

@@ -39,6 +39,9 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
     from ..local import LocalRun
 
     local = LocalRun(jobs[0], workers=workers, storage=storage, name=name, fresh=fresh)
+    if local.spec.tune is not None:
+        _sweep(local, output)
+        return
     try:
         _announce(local, fresh)
         outcome = _execute(local, show_progress=output == "text")
@@ -53,6 +56,27 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
     else:
         _print_summary(outcome)
     sys.exit(outcome.exit_code)
+
+
+def _sweep(local: Any, output: str) -> None:
+    from .tune_cmd import print_outcome, run_sweep_live
+
+    try:
+        outcome = run_sweep_live(local, show_progress=output == "text")
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: running the same sweep again resumes it")
+        sys.exit(130)
+    except (ValueError, RuntimeError) as exc:
+        err.print(f"[red]error[/] {escape(str(exc))}")
+        sys.exit(1)
+    result = outcome.as_dict()
+    if output == "json":
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        if outcome.resumed:
+            err.print(f"resumed sweep {local.run_name}: finished trials kept their results")
+        print_outcome(result)
+    sys.exit(0 if outcome.best is not None else 1)
 
 
 def _announce(local: Any, fresh: bool) -> None:

@@ -108,6 +108,28 @@ class LocalRun:
             if started_ray:
                 ray.shutdown()
 
+    def sweep(self, on_result: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
+        """Run, or resume, the job's `spec.tune` sweep; returns the SweepOutcome."""
+        import ray
+        from trainforge_trainer.driver import discard_run
+        from trainforge_trainer.launch import preflight
+        from trainforge_trainer.sweep.runner import run_sweep
+
+        spec, target = self.spec, self.target
+        preflight(spec)
+        if self.fresh:
+            discard_run(target, self.run_name)
+        started_ray = not ray.is_initialized()
+        prepare_ray_env()
+        if started_ray:
+            # Tune over Train needs the dashboard: without it finished trials' placement groups linger.
+            ray.init(**{**self._init_kwargs(), "include_dashboard": True})
+        try:
+            return run_sweep(spec, self.run_name, target, on_result)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
     def _init_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
@@ -124,3 +146,5 @@ def prepare_ray_env() -> None:
     # Train V2 workers hand each report to a one-slot queue that the controller drains once per
     # health check (2 s by default): without this every report would stall training that long.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    # Tune's own console reporter would interleave with ours (and with `-o json` on stdout).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

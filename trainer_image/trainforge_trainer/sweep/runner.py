@@ -1,0 +1,174 @@
+"""Run (or resume) a sweep on the connected Ray cluster and summarise its trials."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+from trainforge.checkpoints import StorageTarget, list_checkpoints
+from trainforge.spec import TrainingJobSpec
+from trainforge.spec.status import TuneBest, TuneStatus
+
+from .build import make_scheduler, make_search
+from .plan import DRIVER_CPU, plan_sweep
+from .space import param_space
+from .trial import run_trial, trials_target
+
+RESULTS_FILE = "tune-results.json"
+
+
+@dataclass
+class TrialRow:
+    trial: str
+    state: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    epochs: int | None
+    checkpoint: str | None
+    error: str | None = None
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    metric: str
+    mode: str
+    trials: list[TrialRow] = field(default_factory=list)
+    best: TuneBest | None = None
+    resumed: bool = False
+
+    @property
+    def status(self) -> TuneStatus:
+        counts: dict[str, int] = {}
+        for row in self.trials:
+            counts[row.state] = counts.get(row.state, 0) + 1
+        return TuneStatus(trials=counts, best=self.best)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "metric": self.metric, "mode": self.mode, "resumed": self.resumed,
+                "best": self.best.model_dump(mode="json", by_alias=True) if self.best else None,
+                "trials": [asdict(t) for t in self.trials]}
+
+
+def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
+              on_result: Callable[[str, dict[str, Any]], None] | None = None) -> SweepOutcome:
+    import ray
+    from ray import tune
+
+    cfg = spec.tune
+    assert cfg is not None
+    plan = plan_sweep(spec, ray.cluster_resources())
+    trials = trials_target(target, name)
+    trainable = tune.with_resources(
+        functools.partial(run_trial, spec_json=spec.model_dump(mode="json", by_alias=True), trials=trials),
+        {"cpu": DRIVER_CPU})
+    remote = not target.uri.startswith("/")
+    fs = target.filesystem if remote else None
+    where = target.run_path(name) if remote else target.run_uri(name)
+    callbacks = [_Progress(on_result)] if on_result else []
+    resumed = tune.Tuner.can_restore(where, storage_filesystem=fs)
+    if resumed:
+        tuner = tune.Tuner.restore(where, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=make_scheduler(cfg),
+                                        search_alg=make_search(cfg), max_concurrent_trials=plan.concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=target.path if remote else target.uri,
+                                      storage_filesystem=fs, callbacks=callbacks, verbose=0),
+        )
+    grid = tuner.fit()
+    outcome = summarise(grid, spec, name, trials)
+    outcome.resumed = resumed
+    save_outcome(outcome, target)
+    return outcome
+
+
+class _Progress(Callback):
+    """Tune callback (runs in the driver): one call per trial result, for a live table."""
+
+    def __init__(self, fn: Callable[[str, dict[str, Any]], None] | None) -> None:
+        self.fn = fn
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fn": None}  # Tune pickles its callbacks with the sweep state; a UI is not state
+
+    def _send(self, trial: Any, extra: dict[str, Any]) -> None:
+        if self.fn is not None:
+            self.fn(trial.trial_id, {"config": dict(trial.config), **extra})
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._send(trial, {**result, "state": "RUNNING"})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send(trial, {"state": "TERMINATED"})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._send(trial, {"state": "ERROR"})
+
+
+def summarise(grid: Any, spec: TrainingJobSpec, name: str, trials: StorageTarget) -> SweepOutcome:
+    cfg = spec.tune
+    assert cfg is not None
+    outcome = SweepOutcome(name, cfg.metric, cfg.mode)
+    for result in grid:
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1] if result.path else "?"
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id", trial_id)
+        history = result.metrics_dataframe
+        best_value = _best(history[cfg.metric].tolist(), cfg.mode) if history is not None and \
+            cfg.metric in history else None
+        outcome.trials.append(TrialRow(
+            trial=trial_id, state="ERROR" if result.error else "TERMINATED",
+            config={k: _plain(v) for k, v in (result.config or {}).items() if k in cfg.space},
+            metrics={cfg.metric: best_value, "last_" + cfg.metric: metrics.get(cfg.metric),
+                     "epoch": metrics.get("epoch")},
+            epochs=metrics.get("epoch"), checkpoint=_best_checkpoint(trials, trial_id, cfg.metric, cfg.mode),
+            error=str(result.error).splitlines()[-1] if result.error else None))
+    scored = [t for t in outcome.trials if t.metrics.get(cfg.metric) is not None]
+    if scored:
+        top = (max if cfg.mode == "max" else min)(scored, key=lambda t: t.metrics[cfg.metric])
+        outcome.best = TuneBest(trial=top.trial, config=top.config, metric=cfg.metric,
+                                value=top.metrics[cfg.metric], checkpoint=top.checkpoint)
+    return outcome
+
+
+def _best(values: list[Any], mode: str) -> float | None:
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return (max if mode == "max" else min)(finite) if finite else None
+
+
+def _best_checkpoint(trials: StorageTarget, trial_id: str, metric: str, mode: str) -> str | None:
+    """The trial's valid checkpoint with the best metric (its newest when none carries it)."""
+    entries = [e for e in list_checkpoints(trials.filesystem, trials.run_path(trial_id), check=False) if e.complete]
+    if not entries:
+        return None
+    scored = [e for e in entries if isinstance(e.manifest.metrics.get(metric), int | float)]  # type: ignore[union-attr]
+    pick = (max if mode == "max" else min)(scored, key=lambda e: e.manifest.metrics[metric]) if scored \
+        else entries[-1]  # type: ignore[union-attr]
+    return f"{trials.uri}/{trial_id}/{pick.name}"
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def save_outcome(outcome: SweepOutcome, target: StorageTarget) -> None:
+    with target.filesystem.open_output_stream(f"{target.run_path(outcome.name)}/{RESULTS_FILE}") as f:
+        f.write(json.dumps(outcome.as_dict(), indent=1, default=str).encode())
+
+
+def load_outcome(target: StorageTarget, name: str) -> dict[str, Any] | None:
+    import pyarrow.fs as pafs
+
+    path = f"{target.run_path(name)}/{RESULTS_FILE}"
+    if target.filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with target.filesystem.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
