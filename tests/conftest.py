@@ -37,7 +37,8 @@ def ray_session() -> Iterator[None]:
 
     prepare_ray_env()
     temp_dir = tempfile.mkdtemp(prefix="tfray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    # The dashboard is on: Tune over Train needs it to release finished trials' placement groups.
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False,
              _temp_dir=temp_dir)
     try:
         yield

@@ -36,8 +36,9 @@ def make_scheduler(cfg: TuneConfig) -> Any:
                                               hyperparam_mutations=mutations, **extra)
 
 
-def make_search(cfg: TuneConfig) -> Any:
-    """None means Tune's default: random sampling, with grid_search values expanded."""
+def make_search(cfg: TuneConfig, concurrent: int) -> Any:
+    """Random/grid: Tune's variant generator (it takes the concurrency limit itself; Tune ignores
+    `max_concurrent_trials` for it). Optuna: TPE, limited through `max_concurrent_trials`."""
     if cfg.search.type == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -45,4 +46,4 @@ def make_search(cfg: TuneConfig) -> Any:
         return OptunaSearch(metric=cfg.metric, mode=cfg.mode, sampler=optuna.samplers.TPESampler(seed=cfg.search.seed))
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.search.seed)
+    return BasicVariantGenerator(random_state=cfg.search.seed, max_concurrent=concurrent)

@@ -78,7 +78,8 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
         tuner = tune.Tuner(
             trainable, param_space=param_space(cfg),
             tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=make_scheduler(cfg),
-                                        search_alg=make_search(cfg), max_concurrent_trials=plan.concurrent),
+                                        search_alg=make_search(cfg, plan.concurrent),
+                                        max_concurrent_trials=plan.concurrent if cfg.search.type == "optuna" else None),
             run_config=tune.RunConfig(name=name, storage_path=target.path if remote else target.uri,
                                       storage_filesystem=fs, callbacks=callbacks, verbose=0),
         )

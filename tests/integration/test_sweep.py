@@ -1,0 +1,114 @@
+"""Sweeps on the session's Ray: every trial runs the trainer through a TorchTrainer (Tune over
+Train V2). Small digits sweeps keep the 2-CPU CI machine within its budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from trainforge.cli import cli
+from trainforge.local import LocalRun
+from trainforge.spec import parse_job
+
+from tests.conftest import ROOT
+from tests.integration.test_resume_ray import TRAINFORGE, kill_session
+from tests.unit.manifests import manifest
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def sweep_doc(name: str, epochs: int, **tune: Any) -> dict[str, Any]:
+    doc = manifest(task={"entrypoint": "digits", "args": {"hidden": 64}}, workers=1, cpusPerWorker=0.99,
+                   epochs=epochs, batch={"size": 64},
+                   tune={"metric": "val_accuracy", "mode": "max", "maxConcurrent": 2,
+                         "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}, **tune})
+    doc["metadata"]["name"] = name
+    return doc
+
+
+class Timeline:
+    """Trial states as the live table sees them; the most trials running at once."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.peak = 0
+
+    def __call__(self, trial: str, result: dict[str, Any]) -> None:
+        if result["state"] == "RUNNING":
+            self.running.add(trial)
+        else:
+            self.running.discard(trial)
+        self.peak = max(self.peak, len(self.running))
+
+
+def test_asha_stops_a_trial_early_and_reports_the_best(tmp_path: Path) -> None:
+    doc = sweep_doc("asha", 6, numSamples=4, search={"type": "random", "seed": 1},
+                    scheduler={"type": "asha", "timeAttr": "epoch", "maxT": 6, "gracePeriod": 1,
+                               "reductionFactor": 2})
+    outcome = LocalRun(parse_job(doc), storage=str(tmp_path)).sweep(Timeline())
+    epochs = {t.trial: t.epochs for t in outcome.trials}
+    assert len(epochs) == 4 and all(t.state == "TERMINATED" for t in outcome.trials)
+    assert min(epochs.values()) < 6 and max(epochs.values()) == 6, epochs  # stopped before maxT
+    best = outcome.best
+    assert best is not None and best.value == max(t.metrics["val_accuracy"] for t in outcome.trials)
+    assert set(best.config) == {"optimizer.lr"} and best.checkpoint.startswith(str(tmp_path / "asha" / "trials"))
+    listed = CliRunner().invoke(cli, ["tune-results", "asha", "--storage", str(tmp_path), "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)["best"]["trial"] == best.trial
+
+
+def test_optuna_search_keeps_to_max_concurrent(tmp_path: Path) -> None:
+    doc = sweep_doc("optuna", 1, numSamples=4, search={"type": "optuna", "seed": 0})
+    timeline = Timeline()
+    outcome = LocalRun(parse_job(doc), storage=str(tmp_path)).sweep(timeline)
+    assert len(outcome.trials) == 4 and outcome.best is not None
+    assert len({t.config["optimizer.lr"] for t in outcome.trials}) == 4  # TPE proposed 4 distinct values
+    assert timeline.peak <= 2
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    doc = sweep_doc("resume", 2, numSamples=4, maxConcurrent=1)
+    job = tmp_path / "sweep.yaml"
+    from trainforge.spec.yamlio import dumps
+
+    job.write_text(dumps(doc))
+    trials = tmp_path / "runs" / "resume" / "trials"
+    driver = subprocess.Popen([TRAINFORGE, "run", str(job), "--storage", str(tmp_path / "runs"), "-o", "json"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 240
+        while len(finals(trials)) < 2:
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            if time.monotonic() > deadline:
+                kill_session(driver.pid)
+                pytest.fail("two trials should have finished by now: " + driver.communicate()[1][-3000:])
+            time.sleep(0.2)
+    finally:
+        kill_session(driver.pid)
+        driver.communicate(timeout=30)
+    assert driver.returncode == -signal.SIGKILL
+    finished = finals(trials)
+    before = {t: sorted(p.name for p in (trials / t).iterdir()) for t in finished}
+
+    outcome = LocalRun(parse_job(doc), storage=str(tmp_path / "runs")).sweep()
+    assert outcome.resumed and len(outcome.trials) == 4
+    assert all(t.state == "TERMINATED" for t in outcome.trials)
+    for trial, names in before.items():  # finished trials were not trained again
+        assert sorted(p.name for p in (trials / trial).iterdir()) == names
+
+
+def finals(trials: Path) -> set[str]:
+    found = set()
+    for manifest_path in trials.glob("*/checkpoint_*/manifest.json"):
+        if json.loads(manifest_path.read_text())["reason"] in ("final", "epoch") and \
+                json.loads(manifest_path.read_text())["epoch"] == 2:
+            found.add(manifest_path.parent.parent.name)
+    return found
