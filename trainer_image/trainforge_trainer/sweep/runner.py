@@ -14,6 +14,7 @@ from trainforge.checkpoints import StorageTarget, list_checkpoints
 from trainforge.spec import TrainingJobSpec
 from trainforge.spec.status import TuneBest, TuneStatus
 
+from ..launch import PreflightError
 from .build import make_scheduler, make_search
 from .plan import DRIVER_CPU, plan_sweep
 from .space import param_space
@@ -62,6 +63,9 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
 
     cfg = spec.tune
     assert cfg is not None
+    if cfg.scheduler.type == "pbt":  # exploiting needs a Tune checkpoint per report: not wired yet
+        raise PreflightError("spec.tune.scheduler.type: pbt is not available in this release yet; "
+                             "use asha, hyperband, median or fifo")
     plan = plan_sweep(spec, ray.cluster_resources())
     trials = trials_target(target, name)
     trainable = tune.with_resources(
