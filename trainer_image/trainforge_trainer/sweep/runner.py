@@ -17,7 +17,7 @@ from trainforge.spec.status import TuneBest, TuneStatus
 from ..launch import PreflightError
 from .build import make_scheduler, make_search
 from .plan import DRIVER_CPU, plan_sweep
-from .space import param_space
+from .space import param_space, plain
 from .trial import run_trial, trials_target
 
 RESULTS_FILE = "tune-results.json"
@@ -130,7 +130,7 @@ def summarise(grid: Any, spec: TrainingJobSpec, name: str, trials: StorageTarget
             cfg.metric in history else None
         outcome.trials.append(TrialRow(
             trial=trial_id, state="ERROR" if result.error else "TERMINATED",
-            config={k: _plain(v) for k, v in (result.config or {}).items() if k in cfg.space},
+            config={k: plain(v) for k, v in (result.config or {}).items() if k in cfg.space},
             metrics={cfg.metric: best_value, "last_" + cfg.metric: metrics.get(cfg.metric),
                      "epoch": metrics.get("epoch")},
             epochs=metrics.get("epoch"), checkpoint=_best_checkpoint(trials, trial_id, cfg.metric, cfg.mode),
@@ -157,11 +157,6 @@ def _best_checkpoint(trials: StorageTarget, trial_id: str, metric: str, mode: st
     pick = (max if mode == "max" else min)(scored, key=lambda e: e.manifest.metrics[metric]) if scored \
         else entries[-1]  # type: ignore[union-attr]
     return f"{trials.uri}/{trial_id}/{pick.name}"
-
-
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)
-    return item() if callable(item) else value
 
 
 def save_outcome(outcome: SweepOutcome, target: StorageTarget) -> None:

@@ -41,11 +41,11 @@ def trial_spec(spec: TrainingJobSpec, config: dict[str, Any]) -> TrainingJobSpec
         parts = path.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _plain(value)
+        node[parts[-1]] = plain(value)
     return TrainingJobSpec.model_validate(copy.deepcopy(doc))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars from Tune's samplers into the Python types the strict spec expects."""
     item = getattr(value, "item", None)
     return item() if callable(item) else value
