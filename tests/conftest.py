@@ -38,7 +38,10 @@ def ray_session() -> Iterator[None]:
     prepare_ray_env()
     temp_dir = tempfile.mkdtemp(prefix="tfray", dir="/tmp")  # short: Ray's socket paths have a length limit
     # The dashboard is on: Tune over Train needs it to release finished trials' placement groups.
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False,
+    # 4 logical CPUs on the 2-core machine: sweeps run late in the session, and a placement group an
+    # earlier run has not released yet must not starve their trials (a fresh `trainforge run` has
+    # no such neighbours).
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, configure_logging=False,
              _temp_dir=temp_dir)
     try:
         yield
