@@ -3,7 +3,7 @@ the CLI and the operator read checkpoints without the trainer's dependencies."""
 
 from .listing import CheckpointEntry, list_checkpoints
 from .manifest import FORMAT, MANIFEST, FileInfo, Manifest, Verdict, read_manifest, verify, write_manifest
-from .retention import plan_retention, prune
+from .retention import Retention, plan_retention, prune
 from .storage import StorageTarget, resolve_storage
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointEntry",
     "FileInfo",
     "Manifest",
+    "Retention",
     "StorageTarget",
     "Verdict",
     "list_checkpoints",

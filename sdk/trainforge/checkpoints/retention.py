@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from .listing import CheckpointEntry
+from .listing import CheckpointEntry, list_checkpoints
 from .manifest import MANIFEST, write_manifest
 
 
@@ -54,3 +54,23 @@ def prune(fs: Any, entry: CheckpointEntry, status: str = "pruned") -> None:
             fs.delete_file(info.path)
         elif info.type == pafs.FileType.Directory:
             fs.delete_dir(info.path)
+
+
+class Retention:
+    """`spec.checkpoint`'s keep/keepBest applied to a run directory. Remembers the manifests it has
+    read, so a long run does not re-read every one of them at each save."""
+
+    def __init__(self, keep: int, best_metric: str | None = None, best_mode: str = "max", best_count: int = 0) -> None:
+        self.keep, self.best_metric, self.best_mode, self.best_count = keep, best_metric, best_mode, best_count
+        self._seen: dict[str, CheckpointEntry] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Retention:
+        best = cfg.keep_best
+        return cls(cfg.keep, best.metric if best else None, best.mode if best else "max", best.count if best else 0)
+
+    def apply(self, fs: Any, run_path: str, protect: Iterable[str] = ()) -> None:
+        entries = list_checkpoints(fs, run_path, check=False, known=self._seen)
+        for entry in plan_retention(entries, self.keep, self.best_metric, self.best_mode, self.best_count, protect):
+            prune(fs, entry)
+            self._seen.pop(entry.path, None)  # re-read as a pruned stub next time

@@ -31,12 +31,13 @@ def checkpoints(run: str, storage: str | None, endpoint: str | None, hashes: boo
     from ..local import default_storage
 
     try:
-        if "/" in run:
-            target, path = resolve_storage(run, endpoint), None
+        if "/" in run:  # a run directory or URI
+            target = resolve_storage(run, endpoint)
+            path = target.path
         else:
-            target, path = resolve_storage(storage or default_storage(), endpoint), None
+            target = resolve_storage(storage or default_storage(), endpoint)
             path = target.run_path(run)
-        entries = list_checkpoints(target.filesystem, path or target.path, hashes=hashes)
+        entries = list_checkpoints(target.filesystem, path, hashes=hashes)
     except (OSError, RuntimeError) as exc:
         err.print(f"[red]error[/] cannot read {escape(run)}: {escape(str(exc))}")
         sys.exit(1)
@@ -45,7 +46,7 @@ def checkpoints(run: str, storage: str | None, endpoint: str | None, hashes: boo
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        err.print(f"no checkpoints under {escape(path or target.path)}")
+        err.print(f"no checkpoints under {escape(path)}")
         sys.exit(1)
     _print(rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,8 +67,9 @@ class LocalRun:
     def run_name(self) -> str:
         return self.name or self.job.name
 
-    @property
+    @functools.cached_property
     def target(self) -> StorageTarget:
+        """Resolved once: an S3 filesystem object is not free to build."""
         cfg = self.job.spec.checkpoint
         return resolve_storage(self.storage or cfg.storage or default_storage(), cfg.endpoint, cfg.region)
 

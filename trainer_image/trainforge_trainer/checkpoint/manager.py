@@ -14,15 +14,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as torch_dist
-from trainforge.checkpoints import Manifest, list_checkpoints, plan_retention, prune, verify, write_manifest
+from trainforge.checkpoints import (
+    CheckpointEntry,
+    Manifest,
+    Retention,
+    list_checkpoints,
+    prune,
+    verify,
+    write_manifest,
+)
 from trainforge.checkpoints.manifest import digest
 from trainforge.spec import CheckpointConfig
 
 from . import rng
 from .files import DCP_DIR, read_model, read_trainer, write_model, write_trainer
 from .preempt import PreemptionWatch, ray_preemption_notice
-from .state import spec_changes, spec_dict, spec_hash, versions
-from .store import Store
+from .state import scalars, spec_changes, spec_dict, spec_hash, versions
+from .store import RayStore, Store
 
 if TYPE_CHECKING:
     from ..loop import Loop
@@ -70,6 +78,8 @@ class Checkpointer:
         self.noticed_drain = False
         self.check_every = loop.p.spec.log_every_steps
         self.pending_rng: dict[str, Any] | None = None
+        self.retention = Retention.from_config(self.cfg)
+        self.ray_notices = isinstance(store, RayStore)
 
     # ---- saving -------------------------------------------------------------------------------
 
@@ -106,7 +116,7 @@ class Checkpointer:
         if _distributed():
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
         preempt, late_all = (bool(v) for v in flags.tolist())
-        return preempt, late_all, ray_preemption_notice()
+        return preempt, late_all, self.ray_notices and ray_preemption_notice()
 
     def save(self, reason: str) -> None:
         loop, p = self.loop, self.loop.p
@@ -164,44 +174,38 @@ class Checkpointer:
             step=pos.step, epoch=pos.epoch, batches_in_epoch=pos.micro_in_epoch,
             samples_in_epoch=pos.micro_in_epoch * p.spec.batch.size * p.world.size,
             world_size=p.world.size, strategy=p.spec.strategy.type, spec_hash=spec_hash(p.spec),
-            files=files, metrics={k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)},
+            files=files, metrics=scalars(metrics),
             spec=spec_dict(p.spec), versions=versions(), reason=reason,
         )
 
     def apply_retention(self) -> None:
-        keep_best = self.cfg.keep_best
-        entries = list_checkpoints(self.store.fs, self.store.run_path, check=False)
-        for entry in plan_retention(entries, self.cfg.keep, keep_best.metric if keep_best else None,
-                                    keep_best.mode if keep_best else "max", keep_best.count if keep_best else 0):
-            prune(self.store.fs, entry)
+        self.retention.apply(self.store.fs, self.store.run_path)
 
     # ---- resuming -----------------------------------------------------------------------------
 
-    def candidates(self) -> tuple[list[tuple[str, int]], list[str]]:
+    def candidates(self) -> tuple[list[CheckpointEntry], list[str]]:
         """On rank 0: checkpoints whose files are all there at the right size, newest first, and
         what was skipped. Contents are hashed after the fetch, so storage is read once."""
         found, skipped = [], []
         for entry in reversed(list_checkpoints(self.store.fs, self.store.run_path, check=True)):
             if entry.verdict.valid:
-                found.append((entry.path, entry.step))
+                found.append(entry)
             elif entry.manifest is not None and entry.manifest.status == "complete":
-                skipped.append(self._reject(entry.path, entry.step, entry.verdict.reason))
+                skipped.append(self._reject(entry, entry.verdict.reason))
         return found, skipped
 
-    def _reject(self, path: str, step: int, reason: str) -> str:
+    def _reject(self, entry: CheckpointEntry, reason: str) -> str:
         """Warn, and mark the checkpoint corrupt so retention and later resumes ignore it."""
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        log.warning("checkpoint %s (step %d) is unusable: %s; trying the previous one", name, step, reason)
-        entry = next((e for e in list_checkpoints(self.store.fs, self.store.run_path, check=False)
-                      if e.path == path), None)
-        if entry is not None:
-            prune(self.store.fs, entry, status="corrupt")
-        return f"{name} (step {step}): {reason}"
+        log.warning("checkpoint %s (step %d) is unusable: %s; trying the previous one",
+                    entry.name, entry.step, reason)
+        prune(self.store.fs, entry, status="corrupt")
+        return f"{entry.name} (step {entry.step}): {reason}"
 
     def restore(self) -> Resumed | None:
         p = self.loop.p
-        paths, skipped = _from_main(self.candidates() if p.world.is_main else None)
-        for path, step in paths:
+        entries, skipped = _from_main(self.candidates() if p.world.is_main else None)
+        for entry in entries:
+            path = entry.path
             with self.store.fetch(path) as fetched:
                 local = Path(fetched)
                 verdict = verify(_local_fs(), str(local), hashes=True)
@@ -210,7 +214,7 @@ class Checkpointer:
                     torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
                 if not flag.item():
                     if p.world.is_main:
-                        skipped.append(self._reject(path, step, verdict.reason or "a rank's copy did not verify"))
+                        skipped.append(self._reject(entry, verdict.reason or "a rank's copy did not verify"))
                     continue
                 manifest = Manifest.from_json((local / "manifest.json").read_text())
                 read_model(p.model, p.optimizer, local, p.sharded, manifest.strategy == "fsdp")

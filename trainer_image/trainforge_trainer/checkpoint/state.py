@@ -62,3 +62,8 @@ def versions() -> dict[str, str]:
     except ImportError:
         pass
     return found
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The plain values of a report: what manifests and Ray Tune keep (no lists, no tensors)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}

@@ -11,6 +11,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from trainforge.checkpoints import StorageTarget
 from trainforge.spec import TrainingJobSpec
 
+from ..checkpoint.state import scalars
 from .space import trial_spec
 
 TRIALS_DIR = "trials"
@@ -26,11 +27,7 @@ class ForwardEvaluations(TuneReportCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if metrics and self.metric in metrics[0] and "checkpoint" not in metrics[0]:
-            super().after_report(run_context, [_scalars(metrics[0])], None)
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+            super().after_report(run_context, [scalars(metrics[0])], None)
 
 
 def trials_target(sweep: StorageTarget, sweep_name: str) -> StorageTarget:
