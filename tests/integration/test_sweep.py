@@ -112,3 +112,24 @@ def finals(trials: Path) -> set[str]:
                 json.loads(manifest_path.read_text())["epoch"] == 2:
             found.add(manifest_path.parent.parent.name)
     return found
+
+
+def test_pbt_exploits_and_the_exploiting_trial_restores_the_donor_checkpoint(tmp_path: Path) -> None:
+    doc = sweep_doc("pbt", 6, numSamples=4, maxConcurrent=4,
+                    space={"optimizer.lr": {"loguniform": [1e-5, 1e-2]}},
+                    scheduler={"type": "pbt", "timeAttr": "epoch", "perturbationInterval": 2,
+                               "quantileFraction": 0.5})
+    doc["spec"]["checkpoint"] = {"keep": 100}  # a donor's checkpoint must outlive the exploiter's restart
+    outcome = LocalRun(parse_job(doc), storage=str(tmp_path)).sweep()
+    assert len(outcome.trials) == 4 and outcome.best is not None
+    runs = {d.name: [json.loads(m.read_text()) for m in d.glob("checkpoint_*/manifest.json")]
+            for d in (tmp_path / "pbt" / "trials").iterdir() if d.is_dir()}
+    taken_over = {name: saved for name, saved in runs.items() if "-x" in name}
+    assert taken_over, "PBT should have exploited at least once"
+    # A run that took over starts from the donor's epoch-2 (or later) state, never from scratch (one
+    # that took over a donor which had already finished is finished too and saves nothing) ...
+    assert all(min(m["epoch"] for m in saved) > 2 for saved in taken_over.values() if saved), taken_over
+    # ... and trains with a perturbed lr that no original trial had.
+    lr_of = {name: {m["spec"]["optimizer"]["lr"] for m in saved} for name, saved in runs.items()}
+    original = set().union(*(lrs for name, lrs in lr_of.items() if "-x" not in name))
+    assert any(lr_of[name] - original for name in taken_over if taken_over[name]), lr_of

@@ -97,6 +97,11 @@ MALFORMED: list[Bad] = [
         manifest(tune={"metric": "val_loss", "mode": "min", "scheduler": {"type": "pbt"},
                        "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}}),
         "spec.tune.scheduler.perturbationInterval", False),
+    Bad("pbt-without-epoch-checkpoints",
+        manifest(tune={"metric": "val_loss", "mode": "min", "scheduler": {"type": "pbt", "perturbationInterval": 2},
+                       "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}},
+                 checkpoint={"everyEpoch": False, "everySteps": 50}),
+        "spec.checkpoint.everyEpoch", False),
     Bad("bad-name", {**manifest(), "metadata": {"name": "Digits_DDP"}}, "metadata.name", False),
     Bad("wrong-kind", {**manifest(), "kind": "PyTorchJob"}, "kind", False),
 ]

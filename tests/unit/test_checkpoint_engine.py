@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from trainforge_trainer.checkpoint.manager import Checkpointer
 from trainforge_trainer.checkpoint.store import DirStore
@@ -89,3 +90,31 @@ def test_a_newest_checkpoint_with_altered_bytes_falls_back_to_the_previous(tmp_p
     event = reports.reports[0]
     assert event["resumed_step"] == 3 and again.pos.step == 3
     assert "does not match its SHA-256" in event["skipped_checkpoints"][0]
+
+
+def test_a_run_starts_from_another_runs_checkpoint_with_its_own_hyperparameters(tmp_path: Path) -> None:
+    # How an exploiting PBT trial takes over: the donor's weights, optimizer moments and position,
+    # but the lr and weight decay of its own (perturbed) spec.
+    spec = {"batch": {"size": 64}, "maxSteps": 10, "eval": {"everyEpoch": False},
+            "checkpoint": {"everySteps": 6, "everyEpoch": False, "keep": 100}}
+    donor, _ = loop_for(tmp_path / "donor", optimizer={"lr": 1e-3, "weightDecay": 0.0}, **spec)
+    donor.fit()
+    (at_6,) = (tmp_path / "donor").glob("checkpoint_000000006_*")
+    reports = Collect()
+    taker = Loop(parts_for(optimizer={"lr": 5e-3, "weightDecay": 0.1}, **spec), reports, JsonlLog(None))
+    taker.ckpt = Checkpointer(taker, DirStore(tmp_path / "taker"), init_from=str(at_6))
+    taker.resume()
+    assert reports.reports[0]["resumed_step"] == 6 and taker.pos.step == 6
+    groups = taker.p.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]  # decayed weights; biases and norms
+    assert taker.p.schedule.peak_lr == 5e-3 and groups[0]["lr"] == taker.p.schedule.lr_at(6)
+    assert taker.fit()["step"] == 10
+    assert saved(tmp_path / "taker") == [(10, "final")]  # its own run; the donor's is untouched
+    assert saved(tmp_path / "donor") == [(6, "interval"), (10, "final")]
+
+
+def test_a_run_told_to_start_from_a_missing_checkpoint_refuses_to_start_from_scratch(tmp_path: Path) -> None:
+    loop = Loop(parts_for(batch={"size": 64}, maxSteps=4), Collect(), JsonlLog(None))
+    loop.ckpt = Checkpointer(loop, DirStore(tmp_path / "taker"), init_from=str(tmp_path / "donor/checkpoint_1_1"))
+    with pytest.raises(FileNotFoundError, match=r"spec\.checkpoint\.keep"):
+        loop.resume()

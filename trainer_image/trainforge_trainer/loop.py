@@ -280,7 +280,7 @@ def make_store(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:
 
 
 def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
-               preempt_flag: Any = None) -> dict[str, Any]:
+               preempt_flag: Any = None, init_from: str | None = None) -> dict[str, Any]:
     world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
     loop: Loop | None = None
     try:
@@ -290,7 +290,7 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
         loop = Loop(parts, reporter or reporter_for_launcher(world.is_main), log)
         store = make_store(run_dir, spec)
         if store is not None:
-            loop.ckpt = Checkpointer(loop, store, PreemptionWatch(preempt_flag))
+            loop.ckpt = Checkpointer(loop, store, PreemptionWatch(preempt_flag), init_from)
         return loop.fit()
     finally:
         if loop is not None and loop.ckpt is not None:
@@ -301,4 +301,5 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry: the spec arrives as JSON-compatible data, never as shell text."""
     spec = TrainingJobSpec.model_validate(config["spec"])
-    run_worker(spec, config.get("run_dir"), preempt_flag=config.get("preempt_flag"))
+    run_worker(spec, config.get("run_dir"), preempt_flag=config.get("preempt_flag"),
+               init_from=config.get("init_from"))

@@ -91,6 +91,9 @@ class TrainingJobSpec(SpecModel):
         self._check_evaluation_users(problems)
         if self.tune is not None:
             _check_tune_space(self, problems)
+            if self.tune.scheduler.type == "pbt" and not self.checkpoint.every_epoch:
+                problems.add(("checkpoint", "everyEpoch"),
+                             "pbt exploits trials through their epoch checkpoints; set everyEpoch: true")
         problems.raise_if_any()
         return self
 

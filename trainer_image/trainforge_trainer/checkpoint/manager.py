@@ -69,8 +69,12 @@ class Resumed:
 
 
 class Checkpointer:
-    def __init__(self, loop: Loop, store: Store, watch: PreemptionWatch | None = None) -> None:
+    def __init__(self, loop: Loop, store: Store, watch: PreemptionWatch | None = None,
+                 init_from: str | None = None) -> None:
         self.loop, self.store = loop, store
+        self.init_from = init_from
+        """A checkpoint (path on the store's filesystem) to start from when the run has none of its
+        own: how a PBT trial takes over a better trial's state."""
         self.cfg: CheckpointConfig = loop.p.spec.checkpoint
         self.watch = watch or PreemptionWatch()
         self.last_saved_step = -1
@@ -192,7 +196,15 @@ class Checkpointer:
                 found.append(entry)
             elif entry.manifest is not None and entry.manifest.status == "complete":
                 skipped.append(self._reject(entry, entry.verdict.reason))
+        if not found and self.init_from:
+            found.extend(self._donor())
         return found, skipped
+
+    def _donor(self) -> list[CheckpointEntry]:
+        """The checkpoint this run was told to start from, if it is there and valid."""
+        parent = self.init_from.rstrip("/").rsplit("/", 1)[0]  # type: ignore[union-attr]
+        return [e for e in list_checkpoints(self.store.fs, parent, check=True)
+                if e.path.rstrip("/") == self.init_from.rstrip("/") and e.verdict.valid]  # type: ignore[union-attr]
 
     def _reject(self, entry: CheckpointEntry, reason: str) -> str:
         """Warn, and mark the checkpoint corrupt so retention and later resumes ignore it."""
@@ -204,6 +216,9 @@ class Checkpointer:
     def restore(self) -> Resumed | None:
         p = self.loop.p
         entries, skipped = _from_main(self.candidates() if p.world.is_main else None)
+        if not entries and self.init_from:  # starting from scratch instead would quietly waste the trial
+            raise FileNotFoundError(f"the checkpoint this run starts from is gone or invalid: {self.init_from}; "
+                                    "keep more checkpoints (spec.checkpoint.keep) so they outlive a PBT exploit")
         for entry in entries:
             path = entry.path
             with self.store.fetch(path) as fetched:
@@ -217,7 +232,9 @@ class Checkpointer:
                         skipped.append(self._reject(entry, verdict.reason or "a rank's copy did not verify"))
                     continue
                 manifest = Manifest.from_json((local / "manifest.json").read_text())
+                hyper = _hyperparameters(p.optimizer)
                 read_model(p.model, p.optimizer, local, p.sharded, manifest.strategy == "fsdp")
+                _set_hyperparameters(p.optimizer, hyper)
                 self._load_trainer(read_trainer(local), manifest)
             self.last_saved_step = manifest.step
             changes = spec_changes(manifest.spec, spec_dict(p.spec)) if manifest.spec_hash != spec_hash(p.spec) else []
@@ -277,6 +294,17 @@ def owned_files(local: Path, rank: int) -> list[str]:
         elif rank == 0:
             owned.append(rel)
     return owned
+
+
+def _hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _set_hyperparameters(optimizer: Any, hyper: list[dict[str, Any]]) -> None:
+    """The spec's optimizer settings win over the checkpoint's: a PBT-perturbed or edited weight
+    decay must take effect (the lr is the schedule's, set again when it loads)."""
+    for group, values in zip(optimizer.param_groups, hyper, strict=True):
+        group.update(values)
 
 
 def _local_fs() -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,8 +15,8 @@ from trainforge.checkpoints import StorageTarget, list_checkpoints
 from trainforge.spec import TrainingJobSpec
 from trainforge.spec.status import TuneBest, TuneStatus
 
-from ..launch import PreflightError
 from .build import make_scheduler, make_search
+from .pbt import owns, run_pbt_trial
 from .plan import DRIVER_CPU, plan_sweep
 from .space import param_space, plain
 from .trial import run_trial, trials_target
@@ -63,13 +64,11 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
 
     cfg = spec.tune
     assert cfg is not None
-    if cfg.scheduler.type == "pbt":  # exploiting needs a Tune checkpoint per report: not wired yet
-        raise PreflightError("spec.tune.scheduler.type: pbt is not available in this release yet; "
-                             "use asha, hyperband, median or fifo")
     plan = plan_sweep(spec, ray.cluster_resources())
     trials = trials_target(target, name)
+    driver = run_pbt_trial if cfg.scheduler.type == "pbt" else run_trial
     trainable = tune.with_resources(
-        functools.partial(run_trial, spec_json=spec.model_dump(mode="json", by_alias=True), trials=trials),
+        functools.partial(driver, spec_json=spec.model_dump(mode="json", by_alias=True), trials=trials),
         {"cpu": DRIVER_CPU})
     remote = not target.uri.startswith("/")
     fs = target.filesystem if remote else None
@@ -83,11 +82,15 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
             trainable, param_space=param_space(cfg),
             tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=make_scheduler(cfg),
                                         search_alg=make_search(cfg, plan.concurrent),
-                                        max_concurrent_trials=plan.concurrent if cfg.search.type == "optuna" else None),
+                                        max_concurrent_trials=plan.concurrent if cfg.search.type == "optuna" else None,
+                                        # a reused trial actor would keep the stopped trial's Train run going
+                                        reuse_actors=False),
             run_config=tune.RunConfig(name=name, storage_path=target.path if remote else target.uri,
                                       storage_filesystem=fs, callbacks=callbacks, verbose=0),
         )
-    grid = tuner.fit()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")  # see reuse_actors
+        grid = tuner.fit()
     outcome = summarise(grid, spec, name, trials)
     outcome.resumed = resumed
     save_outcome(outcome, target)
@@ -121,10 +124,12 @@ def summarise(grid: Any, spec: TrainingJobSpec, name: str, trials: StorageTarget
     cfg = spec.tune
     assert cfg is not None
     outcome = SweepOutcome(name, cfg.metric, cfg.mode)
-    for result in grid:
-        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1] if result.path else "?"
+    # The Trial objects behind the grid know their own ids; a result's "trial_id" metric can be a
+    # donor's after a PBT exploit (PBT copies the donor's last result).
+    tune_trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    for i, result in enumerate(grid):
         metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id", trial_id)
+        trial_id = tune_trials[i].trial_id if i < len(tune_trials) else metrics.get("trial_id", "?")
         history = result.metrics_dataframe
         best_value = _best(history[cfg.metric].tolist(), cfg.mode) if history is not None and \
             cfg.metric in history else None
@@ -149,14 +154,19 @@ def _best(values: list[Any], mode: str) -> float | None:
 
 
 def _best_checkpoint(trials: StorageTarget, trial_id: str, metric: str, mode: str) -> str | None:
-    """The trial's valid checkpoint with the best metric (its newest when none carries it)."""
-    entries = [e for e in list_checkpoints(trials.filesystem, trials.run_path(trial_id), check=False) if e.complete]
+    """The trial's valid checkpoint with the best metric (its newest when none carries it), over all
+    its Train runs (a PBT trial starts a new run, `<trial>-x<id>`, each time it takes over another)."""
+    import pyarrow.fs as pafs
+
+    runs = [i.path for i in trials.filesystem.get_file_info(pafs.FileSelector(trials.path, allow_not_found=True))
+            if owns(trial_id, i.base_name)]
+    entries = [e for run in runs for e in list_checkpoints(trials.filesystem, run, check=False) if e.complete]
     if not entries:
         return None
     scored = [e for e in entries if isinstance(e.manifest.metrics.get(metric), int | float)]  # type: ignore[union-attr]
     pick = (max if mode == "max" else min)(scored, key=lambda e: e.manifest.metrics[metric]) if scored \
         else entries[-1]  # type: ignore[union-attr]
-    return f"{trials.uri}/{trial_id}/{pick.name}"
+    return f"{trials.uri}/{pick.path[len(trials.path.rstrip('/')) + 1:]}"
 
 
 def save_outcome(outcome: SweepOutcome, target: StorageTarget) -> None:
