@@ -33,9 +33,9 @@ def test_crd_identity_and_columns() -> None:
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Step", "Loss", "Restarts", "Age"
-    ]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Phase", "Step", "Loss", "Restarts", "Age"]
+    assert [c["name"] for c in columns if c.get("priority")] == ["Attempt", "Preemptions", "Checkpoint"]  # -o wide
 
 
 def _walk(node: dict[str, Any], path: str, visit: Any) -> None:
@@ -80,3 +80,15 @@ def test_crd_cli_prints_the_same_document(repo_root: Path) -> None:
     result = CliRunner().invoke(cli, ["crd"])
     assert result.exit_code == 0
     assert loads_all(result.output)[0] == crd_manifest()
+
+
+def test_immutability_rules_name_spec_fields_that_are_not_editable_while_running() -> None:
+    from trainforge.spec import TrainingJobSpec
+    from trainforge.spec.crd import IMMUTABLE_SCALARS, immutability_rules
+    from trainforge.spec.job import MUTABLE_WHILE_RUNNING
+
+    aliases = {f.alias or n for n, f in TrainingJobSpec.model_fields.items()}
+    assert set(IMMUTABLE_SCALARS) <= aliases and not set(IMMUTABLE_SCALARS) & MUTABLE_WHILE_RUNNING
+    assert MUTABLE_WHILE_RUNNING <= aliases
+    for rule in immutability_rules():
+        assert "oldSelf.suspend" in rule["rule"] and rule["message"].startswith("spec.")

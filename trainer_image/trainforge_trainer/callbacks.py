@@ -9,6 +9,8 @@ from ray.train import UserCallback
 from trainforge.checkpoints import Retention
 from trainforge.spec import CheckpointConfig
 
+from .kube_status import BestTracker, RateLimiter, StatusWriter, progress_patch
+
 log = logging.getLogger("trainforge.checkpoint")
 
 
@@ -30,3 +32,29 @@ class RetentionCallback(UserCallback):
             self.retention.apply(checkpoint.filesystem, run_path, protect=[checkpoint.path])
         except Exception:  # pruning is housekeeping: never fail the run over it
             log.exception("checkpoint retention failed; will retry after the next checkpoint")
+
+
+class StatusCallback(UserCallback):
+    """On a cluster: each report becomes the TrainingJob's status.progress (rate-limited; every
+    checkpoint is written), and a job whose spec.suspend turned true gets its emergency checkpoint."""
+
+    def __init__(self, writer: StatusWriter, uri_prefix: str, best: BestTracker, interval_s: float,
+                 preempt_flag: Any = None) -> None:
+        self.writer, self.uri_prefix, self.best = writer, uri_prefix, best
+        self.limiter = RateLimiter(interval_s)
+        self.preempt_flag = preempt_flag
+        self.latest: str | None = None
+        self.asked_to_stop = False
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        report = metrics[0] if metrics else {}
+        if checkpoint is not None:
+            self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
+            self.best.offer(self.latest, int(report.get("step", 0)), report)
+        if not self.limiter.ready(force=checkpoint is not None):
+            return
+        self.writer.patch(progress_patch(report, self.latest, self.best.best))
+        if self.writer.suspend_requested and self.preempt_flag is not None and not self.asked_to_stop:
+            log.warning("the TrainingJob asks to be suspended: checkpointing and stopping")
+            self.preempt_flag.set.remote()
+            self.asked_to_stop = True

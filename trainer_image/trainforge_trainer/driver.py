@@ -54,14 +54,21 @@ def sigterm_requests_stop(flag: Any) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def make_flag() -> Any:
+    """The flag actor the workers poll: set, they checkpoint at the next step boundary and stop."""
+    import ray
+
+    return ray.remote(PreemptFlag).options(num_cpus=0).remote()
+
+
 def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: list[Any],
-            run_dir: str | None = None) -> RunResult:
+            run_dir: str | None = None, flag: Any = None) -> RunResult:
     import ray
 
     from .callbacks import RetentionCallback
     from .launch import make_trainer
 
-    flag = ray.remote(PreemptFlag).options(num_cpus=0).remote()
+    flag = flag or make_flag()
     trainer = make_trainer(spec, name, target, [*callbacks, RetentionCallback(spec.checkpoint)],
                            preempt_flag=flag, run_dir=run_dir)
     try:

@@ -22,11 +22,16 @@ VERSION = "v1alpha1"
 _FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
 _DROP_KEYS = {"title", "default", "additionalProperties", "$defs", "examples"}
 
+IMMUTABLE_SCALARS = ("image", "workers", "cpusPerWorker", "gpusPerWorker", "memoryPerWorker", "precision",
+                     "compile", "epochs", "maxSteps", "seed", "deterministic")
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.metrics.loss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
+    {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions", "priority": 1},
+    {"name": "Checkpoint", "type": "string", "jsonPath": ".status.latestCheckpoint", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -93,7 +98,23 @@ def openapi_schema() -> dict[str, Any]:
     props["apiVersion"] = {"type": "string"}
     props["kind"] = {"type": "string"}
     schema["required"] = ["spec"]
+    props["spec"]["x-kubernetes-validations"] = immutability_rules()
     return schema
+
+
+def immutability_rules() -> list[dict[str, str]]:
+    """CEL transition rules: the shape of a running job cannot change under it (the operator also
+    refuses such edits, for API servers without CEL). Scalars only: equality on unbounded lists
+    and maps would blow the API server's CEL cost budget."""
+    suspended = "(has(oldSelf.suspend) && oldSelf.suspend)"
+    fix = "suspend the job first (spec.suspend: true), or delete and re-create it"
+    rules = [{"rule": f"{suspended} || self.task.entrypoint == oldSelf.task.entrypoint",
+              "message": f"spec.task.entrypoint cannot change while the job runs; {fix}"}]
+    for name in IMMUTABLE_SCALARS:
+        same = f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})"
+        rules.append({"rule": f"{suspended} || ({same})",
+                      "message": f"spec.{name} cannot change while the job runs; {fix}"})
+    return rules
 
 
 def crd_manifest() -> dict[str, Any]:

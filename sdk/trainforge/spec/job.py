@@ -30,6 +30,8 @@ API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "TrainingJob"
 # KubeRay rejects RayJob names over 47 characters; attempts are named <job>-a<N> (N up to 999).
 MAX_NAME_LENGTH = 42
+MUTABLE_WHILE_RUNNING = frozenset({"suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "restartPolicy"})
+"""Spec fields a running job takes edits of; the operator applies edits to others only while suspended."""
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 

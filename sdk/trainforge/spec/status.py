@@ -31,12 +31,13 @@ Timestamp = Annotated[
 """RFC 3339 time in UTC, as metav1.Time writes it."""
 
 Phase = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "SpecChangeRejected"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 class Condition(SpecModel):
-    type: Phase
+    type: ConditionType
     status: Literal["True", "False", "Unknown"]
     reason: str = ""
     message: str = ""
@@ -76,6 +77,16 @@ class TuneStatus(SpecModel):
     best: TuneBest | None = None
 
 
+class AttemptOutcome(SpecModel):
+    """How the trainer says an attempt ended, written by the trainer itself just before it exits:
+    the operator tells a preemption from a failure by it."""
+
+    attempt: NonNegativeInt
+    result: Literal["succeeded", "failed", "preempted"]
+    message: str = ""
+    time: Timestamp | None = None
+
+
 class TrainingJobStatus(SpecModel):
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -92,3 +103,12 @@ class TrainingJobStatus(SpecModel):
     best_checkpoint: CheckpointRef | None = None
     tune: TuneStatus | None = None
     message: str | None = None
+    reason: str | None = None
+    """Machine-readable reason of the last transition (e.g. DeadlineExceeded, RestartsExhausted)."""
+    outcome: AttemptOutcome | None = None
+    spec_hash: str | None = None
+    """Hash of the spec's immutable part when the job was accepted; edits to it are not applied."""
+    head_missing_since: Timestamp | None = None
+    """When the current attempt's head pod was first seen gone while its RayJob was not finished."""
+    suspend_requested: Timestamp | None = None
+    """When the operator started suspending: the trainer checkpoints and exits, or the grace ends."""

@@ -1,0 +1,131 @@
+"""The operator's Kubernetes I/O: read what reconcile needs, apply what it decided. No decisions here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from trainforge.spec import API_GROUP, API_VERSION
+
+from .observed import Observed
+from .rayjob import LABEL_ATTEMPT, LABEL_JOB, RAY_API_VERSION, attempt_name
+from .reconcile import Decision
+
+log = logging.getLogger("trainforge.operator")
+VERSION = API_VERSION.split("/")[1]
+PLURAL = "trainingjobs"
+RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
+RAYJOBS = "rayjobs"
+
+
+class Kube:
+    """Thin wrapper over the official client; every call names exactly one resource and verb (the
+    chart's ClusterRole grants these and nothing else)."""
+
+    def __init__(self, api_client: Any = None) -> None:
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    # ---- reads ---------------------------------------------------------------------------------
+
+    def observe(self, namespace: str, name: str) -> Observed | None:
+        job = self._get(API_GROUP, VERSION, namespace, PLURAL, name)
+        if job is None:
+            return None
+        attempt = ((job.get("status") or {}).get("attempt")) or 0
+        rayjob = self._get(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, attempt_name(name, attempt)) if attempt else None
+        pods: list[dict[str, Any]] = []
+        if rayjob is not None:
+            selector = f"{LABEL_JOB}={name},{LABEL_ATTEMPT}={attempt}"
+            items = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+            pods = [self.core.api_client.sanitize_for_serialization(p) for p in items]
+        return Observed(job, rayjob, datetime.now(timezone.utc), pods)
+
+    def _get(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # ---- writes --------------------------------------------------------------------------------
+
+    def apply(self, obs: Observed, decision: Decision) -> str | None:
+        """Status first (it names the attempt), then deletions, then the new RayJob. Returns why the
+        RayJob was refused when the API server rejects it for good (4xx), else None."""
+        from kubernetes.client.exceptions import ApiException
+
+        meta = obs.job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if decision.status:
+            self.patch_status(namespace, name, decision.status)
+        for rayjob in decision.delete:
+            self._delete(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, rayjob)
+        if decision.create is not None:
+            try:
+                self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, decision.create)
+            except ApiException as exc:
+                if exc.status == 409:
+                    pass  # already created by an earlier pass: attempts have fixed names
+                elif exc.status == 404:
+                    return "the ray.io/v1 RayJob API is not installed on this cluster: install KubeRay first"
+                elif exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                    return f"the API server refused RayJob {decision.create['metadata']['name']}: {_reason(exc)}"
+                else:
+                    raise
+        if decision.delete_job:
+            self._delete(API_GROUP, VERSION, namespace, PLURAL, name)
+        return None
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name,
+                                                          {"status": dict(status)})
+
+    def post_event(self, job: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        from kubernetes import client
+
+        meta = job["metadata"]
+        now = datetime.now(timezone.utc)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(api_version=API_VERSION, kind="TrainingJob", name=meta["name"],
+                                                     namespace=meta["namespace"], uid=meta.get("uid")),
+            type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="trainforge-operator"), reporting_component="trainforge-operator")
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except Exception as exc:  # an event is informational: never let it stop a reconcile
+            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+    def _delete(self, group: str, version: str, namespace: str, plural: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name,
+                                                        propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _reason(exc: Any) -> str:
+    import json
+
+    try:
+        body = json.loads(exc.body)
+        return str(body.get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason)

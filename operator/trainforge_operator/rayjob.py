@@ -1,0 +1,266 @@
+"""One attempt of a TrainingJob as a KubeRay `ray.io/v1` RayJob manifest. Pure: no I/O, no API calls.
+
+The spec never enters a shell string: KubeRay's submitter runs the entrypoint through bash and Ray's
+job supervisor through `sh -c`, so the entrypoint is a constant and the job travels as JSON in the
+head container's SPEC_ENV variable, which the Ray driver inherits (raylet -> job supervisor -> driver).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from trainforge.spec import API_VERSION, KIND, EnvVar, Toleration, TrainingJobSpec
+
+from .settings import SPEC_ENV, TRAINER_MODULE, OperatorSettings
+
+RAY_API_VERSION = "ray.io/v1"
+ENTRYPOINT = f"python -m {TRAINER_MODULE}"
+WORKER_GROUP, HEAD_CONTAINER, WORKER_CONTAINER = "workers", "ray-head", "ray-worker"
+GPU_RESOURCE = "nvidia.com/gpu"
+SHM_VOLUME = "dshm"
+LABEL_JOB, LABEL_ATTEMPT = "trainforge.dev/job", "trainforge.dev/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_GENERATION = "trainforge.dev/generation"
+
+Manifest = dict[str, Any]
+
+
+def attempt_name(job_name: str, attempt: int) -> str:
+    return f"{job_name}-a{attempt}"
+
+
+def storage_for(spec: TrainingJobSpec, namespace: str, settings: OperatorSettings) -> str | None:
+    """Where this job's checkpoints live; None when neither the job nor the operator says.
+
+    A plain path is passed through: on a cluster it only works as a volume shared by every pod,
+    which the trainer cannot check from here, so it is the user's call."""
+    if spec.checkpoint.storage:
+        return spec.checkpoint.storage
+    if settings.default_storage:
+        return f"{settings.default_storage.rstrip('/')}/{namespace}"
+    return None
+
+
+def endpoint_for(spec: TrainingJobSpec, storage: str | None, settings: OperatorSettings) -> str | None:
+    """An S3 endpoint means nothing to gs:// or a path, so the operator's default applies to s3:// only."""
+    if spec.checkpoint.endpoint or not (storage and storage.startswith("s3://")):
+        return spec.checkpoint.endpoint
+    return settings.default_endpoint
+
+
+def job_payload(body: Mapping[str, Any], spec: TrainingJobSpec, settings: OperatorSettings,
+                attempt: int = 1) -> Manifest:
+    """Everything the trainer needs. runName is the job's name in every attempt: same run, so it resumes."""
+    meta = body["metadata"]
+    storage = storage_for(spec, meta["namespace"], settings)
+    return {
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "uid": meta["uid"],
+        "attempt": attempt,
+        "runName": meta["name"],
+        "storage": storage,
+        "endpoint": endpoint_for(spec, storage, settings),
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def payload_spec(rayjob: Mapping[str, Any]) -> TrainingJobSpec | None:
+    """The spec an existing attempt was built from; None when its payload is missing or unreadable."""
+    try:
+        head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        text = next(var["value"] for var in head.get("env") or [] if var.get("name") == SPEC_ENV)
+        return TrainingJobSpec.model_validate(json.loads(text)["spec"])
+    except (KeyError, IndexError, TypeError, StopIteration, ValueError):  # ValidationError is a ValueError
+        return None
+
+
+def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
+                 settings: OperatorSettings) -> Manifest:
+    meta = body["metadata"]
+    name = attempt_name(meta["name"], attempt)
+    labels = attempt_labels(meta["name"], attempt)
+    payload = job_payload(body, spec, settings, attempt)
+    storage_env = storage_env_vars(spec, payload["endpoint"])
+    user_env = [k8s_env_var(var) for var in spec.env]
+    head_env = merge_env(storage_env, user_env, [{"name": SPEC_ENV, "value": json.dumps(payload, sort_keys=True)}])
+    rayjob_spec: Manifest = {
+        "entrypoint": ENTRYPOINT,
+        # K8sJobMode (the default) is spelled out: a trainforge upgrade should not change how jobs submit.
+        "submissionMode": "K8sJobMode",
+        # The cluster goes TTL seconds after the job ends: a minute to read pod logs, not a GPU-hour
+        # idling. The RayJob (status) and its submitter Job (the driver's log tail) stay.
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": settings.cluster_ttl_s,
+        # One RayJob is one attempt: retries are trainforge's (restartPolicy, preemption accounting).
+        "backoffLimit": 0,
+        "rayClusterSpec": {
+            "rayVersion": settings.ray_version,
+            "headGroupSpec": head_group(spec, settings, labels, head_env),
+            "workerGroupSpecs": [worker_group(spec, settings, labels, merge_env(storage_env, user_env))],
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayJob",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {ANNOTATION_GENERATION: str(meta.get("generation", ""))},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": rayjob_spec,
+    }
+
+
+def attempt_labels(job_name: str, attempt: int) -> dict[str, str]:
+    return {LABEL_JOB: job_name, LABEL_ATTEMPT: str(attempt), LABEL_MANAGED_BY: "trainforge"}
+
+
+def owner_reference(body: Mapping[str, Any]) -> Manifest:
+    # The TrainingJob controls its RayJobs: deleting it garbage-collects every attempt.
+    return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind", KIND),
+            "name": body["metadata"]["name"], "uid": body["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def head_group(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapping[str, str],
+               env: list[Manifest]) -> Manifest:
+    resources = {"cpu": settings.head_cpu, "memory": settings.head_memory}
+    container = ray_container(HEAD_CONTAINER, spec, settings, env, resources)
+    return {
+        # Zero CPUs and GPUs for Ray: no training worker is ever scheduled next to the driver.
+        "rayStartParams": {"num-cpus": "0", "num-gpus": "0"},
+        "template": pod_template(spec, settings, labels, container, volumes=[]),
+    }
+
+
+def worker_group(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapping[str, str],
+                 env: list[Manifest]) -> Manifest:
+    container = ray_container(WORKER_CONTAINER, spec, settings, env, worker_resources(spec))
+    container["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    template = pod_template(spec, settings, labels, container, volumes=[shm_volume(spec)])
+    if spec.node_selector:
+        template["spec"]["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        template["spec"]["tolerations"] = [k8s_toleration(t) for t in spec.tolerations]
+    return {
+        "groupName": WORKER_GROUP,
+        # A fixed-size group: Ray Train's worker count is spec.workers, nothing autoscales.
+        "replicas": spec.workers,
+        "minReplicas": spec.workers,
+        "maxReplicas": spec.workers,
+        "rayStartParams": worker_start_params(spec),
+        "template": template,
+    }
+
+
+def ray_container(name: str, spec: TrainingJobSpec, settings: OperatorSettings, env: list[Manifest],
+                  resources: Mapping[str, int | str]) -> Manifest:
+    # requests == limits: GPUs demand it, and a training step's speed should not depend on the neighbours.
+    return {"name": name, "image": spec.image or settings.trainer_image, "env": env,
+            "resources": {"requests": dict(resources), "limits": dict(resources)}}
+
+
+def pod_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapping[str, str],
+                 container: Manifest, volumes: list[Manifest]) -> Manifest:
+    pod: Manifest = {
+        "containers": [container],
+        # Time for the trainer to save and upload an emergency checkpoint when a pod is evicted.
+        "terminationGracePeriodSeconds": settings.termination_grace_s,
+    }
+    if volumes:
+        pod["volumes"] = volumes
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    # Pod labels let the operator and users find an attempt's pods (KubeRay adds the ray.io/* ones).
+    return {"metadata": {"labels": dict(labels)}, "spec": pod}
+
+
+def worker_resources(spec: TrainingJobSpec) -> dict[str, int | str]:
+    """spec.resources first, so the typed fields (which Ray's start params mirror) win a clash."""
+    resources: dict[str, int | str] = dict(spec.resources)
+    resources["cpu"] = cpu_quantity(spec.cpus_per_worker)
+    if spec.memory_per_worker is not None:
+        resources["memory"] = spec.memory_per_worker
+    if spec.gpus_per_worker > 0:
+        resources[GPU_RESOURCE] = spec.gpus_per_worker
+    return resources
+
+
+def worker_start_params(spec: TrainingJobSpec) -> dict[str, str]:
+    # `ray start --num-cpus` takes an integer: round a fractional CPU up so a worker asking for
+    # cpusPerWorker still fits on its own pod. num-gpus is explicit so a CPU pod that happens to
+    # see a node's GPUs does not advertise them.
+    return {"num-cpus": str(math.ceil(spec.cpus_per_worker)), "num-gpus": str(spec.gpus_per_worker)}
+
+
+def cpu_quantity(cpus: float) -> str:
+    millis = max(1, round(cpus * 1000))
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def shm_volume(spec: TrainingJobSpec) -> Manifest:
+    """PyTorch DataLoader workers and NCCL outgrow the 64 MiB /dev/shm a container gets by default."""
+    empty_dir: Manifest = {"medium": "Memory"}
+    if spec.memory_per_worker is not None:
+        # Memory-backed: it counts against the pod's memory anyway; the cap makes overuse an eviction.
+        empty_dir["sizeLimit"] = spec.memory_per_worker
+    return {"name": SHM_VOLUME, "emptyDir": empty_dir}
+
+
+def storage_env_vars(spec: TrainingJobSpec, endpoint: str | None) -> list[Manifest]:
+    """S3 settings for head and workers alike: workers upload their own checkpoint shards."""
+    env: list[Manifest] = []
+    secret = spec.checkpoint.credentials_secret
+    if secret:
+        env += [secret_env("AWS_ACCESS_KEY_ID", secret), secret_env("AWS_SECRET_ACCESS_KEY", secret),
+                secret_env("AWS_SESSION_TOKEN", secret, optional=True)]
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    if spec.checkpoint.region:
+        env.append({"name": "AWS_REGION", "value": spec.checkpoint.region})
+    return env
+
+
+def secret_env(name: str, secret: str, optional: bool = False) -> Manifest:
+    ref: Manifest = {"name": secret, "key": name}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def k8s_env_var(var: EnvVar) -> Manifest:
+    if var.value_from is None:
+        return {"name": var.name, "value": var.value or ""}
+    source = var.value_from
+    if source.secret_key_ref is not None:
+        ref = {"secretKeyRef": {"name": source.secret_key_ref.name, "key": source.secret_key_ref.key}}
+    else:
+        assert source.config_map_key_ref is not None  # the spec requires exactly one
+        ref = {"configMapKeyRef": {"name": source.config_map_key_ref.name, "key": source.config_map_key_ref.key}}
+    return {"name": var.name, "valueFrom": ref}
+
+
+def k8s_toleration(toleration: Toleration) -> Manifest:
+    return toleration.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def merge_env(*groups: Iterable[Manifest]) -> list[Manifest]:
+    """One entry per name, a later group replacing an earlier one in place; copies, so that head and
+    workers share no object a caller could mutate for both.
+
+    KubeRay's CRD makes `env` a list-map keyed by name, so the API server rejects duplicates. The
+    user's env may override the storage settings; SPEC_ENV, passed last, is the operator's alone."""
+    merged: dict[str, Manifest] = {}
+    for group in groups:
+        for var in group:
+            merged[var["name"]] = copy.deepcopy(var)
+    return list(merged.values())

@@ -1,0 +1,60 @@
+"""The operator's own configuration: what a TrainingJob does not say, the operator decides here.
+
+Read once at start-up from flags and TRAINFORGE_* environment variables (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from trainforge import __version__
+
+DEFAULT_IMAGE = f"ghcr.io/trainforge/trainer:{__version__}"
+RAY_VERSION = "2.60.0"
+SPEC_ENV = "TRAINFORGE_JOB"
+"""Env var on the head container carrying the TrainingJob (name, namespace, uid, spec) as JSON."""
+TRAINER_MODULE = "trainforge_trainer.run"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    trainer_image: str = DEFAULT_IMAGE
+    """Image for jobs whose spec.image is unset."""
+    default_storage: str | None = None
+    """Checkpoint storage (s3://bucket/prefix) for jobs whose spec.checkpoint.storage is unset;
+    each namespace gets its own prefix below it."""
+    default_endpoint: str | None = None
+    ray_version: str = RAY_VERSION
+    head_cpu: str = "1"
+    head_memory: str = "2Gi"
+    head_lost_grace_s: float = 60.0
+    """A RayJob that is not terminal while its head pod has been gone this long is an attempt lost."""
+    termination_grace_s: int = 120
+    """Pod terminationGracePeriodSeconds: time for an emergency checkpoint (save + upload) on eviction."""
+    cluster_ttl_s: int = 60
+    """RayJob ttlSecondsAfterFinished: how long a finished attempt's pods (and GPUs) linger for logs."""
+    suspend_grace_s: float = 120.0
+    """How long a suspending job's trainer gets to checkpoint and exit before its RayJob is deleted."""
+    resync_s: float = 10.0
+    """How often a job is looked at when nothing happens (head loss, deadlines, TTL)."""
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    """Namespaces watched; empty means all."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if environ is None else environ
+        namespaces = tuple(n for n in env.get("TRAINFORGE_WATCH_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            trainer_image=env.get("TRAINFORGE_TRAINER_IMAGE", DEFAULT_IMAGE),
+            default_storage=env.get("TRAINFORGE_DEFAULT_STORAGE") or None,
+            default_endpoint=env.get("TRAINFORGE_DEFAULT_ENDPOINT") or None,
+            ray_version=env.get("TRAINFORGE_RAY_VERSION", RAY_VERSION),
+            head_cpu=env.get("TRAINFORGE_HEAD_CPU", "1"),
+            head_memory=env.get("TRAINFORGE_HEAD_MEMORY", "2Gi"),
+            head_lost_grace_s=float(env.get("TRAINFORGE_HEAD_LOST_GRACE_S", "60")),
+            termination_grace_s=int(env.get("TRAINFORGE_TERMINATION_GRACE_S", "120")),
+            cluster_ttl_s=int(env.get("TRAINFORGE_CLUSTER_TTL_S", "60")),
+            suspend_grace_s=float(env.get("TRAINFORGE_SUSPEND_GRACE_S", "120")),
+            resync_s=float(env.get("TRAINFORGE_RESYNC_S", "10")),
+            namespaces=tuple(n.strip() for n in namespaces),
+        )

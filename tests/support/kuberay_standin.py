@@ -1,0 +1,222 @@
+"""Test-only stand-in for the KubeRay operator (it replaces KubeRay, which cannot run here).
+
+It watches RayJobs on the emulated API server and, like KubeRay with `shutdownAfterJobFinishes`,
+gives each one a Ray "cluster": head and worker Pod objects (never scheduled anywhere) plus the
+entrypoint run for real as a local process, with the head container's env (secretKeyRef values
+read from the Secret objects) and RAY_ADDRESS of the test session's Ray. It writes the RayJob status
+fields trainforge reads (`jobStatus`, `jobDeploymentStatus`, `rayClusterName`, `reason`, `message`,
+`startTime`, `endTime`) the way KubeRay 1.x does; deleting a RayJob stops its process (SIGTERM,
+then SIGKILL after the pod's grace period) and deletes its pods.
+
+Not emulated: RayCluster objects, the submitter Job of K8sJobMode, autoscaling, retries
+(the operator sets backoffLimit 0), suspend of the RayJob itself."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Attempt:
+    namespace: str
+    name: str
+    cluster: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    grace_s: float
+    pods: list[str] = field(default_factory=list)
+    finished: bool = False
+
+
+class KubeRayStandIn:
+    def __init__(self, api_client: Any, log_dir: Path, ray_address: str | None,
+                 extra_env: dict[str, str] | None = None, poll_s: float = 0.3) -> None:
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.log_dir, self.ray_address, self.poll_s = log_dir, ray_address, poll_s
+        self.extra_env = extra_env or {}
+        self.attempts: dict[tuple[str, str], Attempt] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kuberay-standin", daemon=True)
+        self.errors: list[str] = []
+
+    def __enter__(self) -> KubeRayStandIn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for attempt in self.attempts.values():
+            _terminate(attempt.process, 5)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pass()
+            except Exception as exc:  # keep going; the test asserts on self.errors
+                self.errors.append(repr(exc))
+            self._stop.wait(self.poll_s)
+
+    def _pass(self) -> None:
+        listed = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", [])
+        present = set()
+        for rayjob in listed:
+            meta = rayjob["metadata"]
+            key = (meta["namespace"], meta["name"])
+            present.add(key)
+            if key not in self.attempts and not (rayjob.get("status") or {}).get("jobDeploymentStatus"):
+                self._start(rayjob)
+            elif key in self.attempts:
+                self._watch(self.attempts[key])
+        for key in list(self.attempts):
+            if key not in present:
+                self._gone(self.attempts.pop(key))
+
+    def _start(self, rayjob: dict[str, Any]) -> None:
+        meta, spec = rayjob["metadata"], rayjob["spec"]
+        cluster = f"{meta['name']}-raycluster"
+        self._patch(meta, {"jobDeploymentStatus": "Initializing", "rayClusterName": cluster, "jobId": meta["name"],
+                           "startTime": _now()})
+        head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
+        env = {**os.environ, **self.extra_env, **self._container_env(meta["namespace"], head)}
+        if self.ray_address:
+            env["RAY_ADDRESS"] = self.ray_address
+        log_path = self.log_dir / f"{meta['namespace']}-{meta['name']}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([sys.executable, *shlex.split(spec["entrypoint"])[1:]], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        grace = float(head["spec"].get("terminationGracePeriodSeconds", 30))
+        attempt = Attempt(meta["namespace"], meta["name"], cluster, process, log_path, grace)
+        attempt.pods = self._create_pods(rayjob, cluster)
+        self.attempts[(meta["namespace"], meta["name"])] = attempt
+        self._patch(meta, {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"})
+
+    def _watch(self, attempt: Attempt) -> None:
+        if attempt.finished:
+            return
+        code = attempt.process.poll()
+        if code is None:
+            return
+        attempt.finished = True
+        meta = {"namespace": attempt.namespace, "name": attempt.name}
+        if code == 0:
+            self._patch(meta, {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete", "endTime": _now(),
+                               "message": "Job finished successfully."})
+        else:
+            self._patch(meta, {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed", "endTime": _now(),
+                               "reason": "AppFailed",
+                               "message": f"Job entrypoint command failed with exit code {code}"})
+        self._delete_pods(attempt)  # shutdownAfterJobFinishes: the cluster goes away
+
+    def _gone(self, attempt: Attempt) -> None:
+        _terminate(attempt.process, attempt.grace_s)
+        self._delete_pods(attempt)
+
+    # ---- helpers for tests ---------------------------------------------------------------------
+
+    def attempt(self, namespace: str, name: str, timeout: float = 60) -> Attempt:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (namespace, name) in self.attempts:
+                return self.attempts[(namespace, name)]
+            time.sleep(0.2)
+        raise TimeoutError(f"RayJob {namespace}/{name} was never started")
+
+    def lose_head(self, attempt: Attempt) -> None:
+        """A node dies under the head: the process is killed and the head pod vanishes, while the
+        RayJob stays 'Running' — as KubeRay leaves it."""
+        attempt.finished = True  # KubeRay would not notice
+        _terminate(attempt.process, 0)
+        self._delete_pods(attempt, heads_only=True)
+
+    # ---- Kubernetes objects --------------------------------------------------------------------
+
+    def _patch(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+                                                          {"status": status})
+
+    def _container_env(self, namespace: str, template: dict[str, Any]) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for var in template["spec"]["containers"][0].get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            elif (ref := (var.get("valueFrom") or {}).get("secretKeyRef")) is not None:
+                value = self._secret_value(namespace, ref["name"], ref["key"])
+                if value is not None:
+                    env[var["name"]] = value
+        return env
+
+    def _secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException:
+            return None
+        data = (secret.data or {}).get(key)
+        return base64.b64decode(data).decode() if data else (secret.string_data or {}).get(key)
+
+    def _create_pods(self, rayjob: dict[str, Any], cluster: str) -> list[str]:
+        spec = rayjob["spec"]["rayClusterSpec"]
+        groups = [("head", spec["headGroupSpec"], 1)] + [
+            ("worker", g, int(g.get("replicas", 1))) for g in spec.get("workerGroupSpecs", [])]
+        names = []
+        for node_type, group, replicas in groups:
+            for i in range(replicas):
+                name = f"{cluster}-head" if node_type == "head" else f"{cluster}-{group['groupName']}-{i}"
+                labels = {**(group["template"].get("metadata") or {}).get("labels", {}),
+                          "ray.io/cluster": cluster, "ray.io/node-type": node_type}
+                pod = {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "namespace": rayjob["metadata"]["namespace"], "labels": labels},
+                       "spec": group["template"]["spec"], "status": {"phase": "Running"}}
+                self.core.create_namespaced_pod(rayjob["metadata"]["namespace"], pod)
+                names.append(name)
+        return names
+
+    def _delete_pods(self, attempt: Attempt, heads_only: bool = False) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        for name in list(attempt.pods):
+            if heads_only and not name.endswith("-head"):
+                continue
+            try:
+                self.core.delete_namespaced_pod(name, attempt.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            attempt.pods.remove(name)
+
+
+def _terminate(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
+        process.wait(timeout=grace_s or 5)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -1,0 +1,32 @@
+"""`python -m trainforge_operator` options → kopf.run arguments; the entrypoint's env contract."""
+
+from __future__ import annotations
+
+from trainforge_operator.__main__ import parse_args, run_kwargs
+from trainforge_operator.settings import SPEC_ENV, OperatorSettings
+from trainforge_trainer import run
+
+
+def test_defaults_watch_every_namespace_standalone_with_health() -> None:
+    kwargs = run_kwargs(parse_args([]))
+    assert kwargs["clusterwide"] and kwargs["standalone"]
+    assert kwargs["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+
+
+def test_namespaces_from_flags_or_env_and_peering() -> None:
+    kwargs = run_kwargs(parse_args(["-n", "team-a", "-n", "team-b", "--peering", "trainforge", "--priority", "5"]))
+    assert kwargs["namespaces"] == ["team-a", "team-b"] and not kwargs["clusterwide"]
+    assert kwargs["peering_name"] == "trainforge" and kwargs["priority"] == 5 and "standalone" not in kwargs
+    from_env = run_kwargs(parse_args(["--health-port", "0"]), "ml, research")
+    assert from_env["namespaces"] == ["ml", "research"] and "liveness_endpoint" not in from_env
+
+
+def test_settings_from_env() -> None:
+    s = OperatorSettings.from_env({"TRAINFORGE_TRAINER_IMAGE": "reg/t:1", "TRAINFORGE_DEFAULT_STORAGE": "s3://b/p",
+                                   "TRAINFORGE_HEAD_LOST_GRACE_S": "30", "TRAINFORGE_WATCH_NAMESPACES": "a,b"})
+    assert (s.trainer_image, s.default_storage, s.head_lost_grace_s, s.namespaces) == ("reg/t:1", "s3://b/p", 30.0,
+                                                                                        ("a", "b"))
+
+
+def test_operator_and_trainer_agree_on_the_payload_variable() -> None:
+    assert run.SPEC_ENV == SPEC_ENV  # two images, one contract

@@ -1,0 +1,118 @@
+"""The cluster entrypoint: `python -m trainforge_trainer.run`, the command of every RayJob the operator
+creates. The job arrives as JSON in the TRAINFORGE_JOB environment variable (never through a shell
+string); the run name and storage are the same for every attempt, so each attempt resumes the last.
+
+Exit codes: 0 succeeded, 1 failed, 75 preempted (checkpointed; the operator starts a new attempt).
+The outcome is also written to the TrainingJob's status.outcome, which is what the operator reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from trainforge.checkpoints import StorageTarget, resolve_storage
+from trainforge.spec import TrainingJobSpec
+
+from .kube_status import BestTracker, JobRef, StatusWriter, now_stamp, progress_patch
+
+SPEC_ENV = "TRAINFORGE_JOB"
+STATUS_INTERVAL_ENV = "TRAINFORGE_STATUS_INTERVAL_S"
+log = logging.getLogger("trainforge.run")
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    ref: JobRef
+    run_name: str
+    spec: TrainingJobSpec
+    target: StorageTarget
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ClusterJob:
+        env = os.environ if environ is None else environ
+        if SPEC_ENV not in env:
+            raise SystemExit(f"{SPEC_ENV} is not set: this entrypoint runs inside a RayJob made by the operator")
+        payload = json.loads(env[SPEC_ENV])
+        spec = TrainingJobSpec.model_validate(payload["spec"])
+        target = resolve_storage(payload["storage"], payload.get("endpoint"), spec.checkpoint.region)
+        ref = JobRef(payload["namespace"], payload["name"], int(payload.get("attempt", 1)))
+        return cls(ref, payload.get("runName") or payload["name"], spec, target)
+
+
+def uri_prefix(target: StorageTarget) -> str:
+    scheme = target.uri.split("://", 1)[0] if "://" in target.uri else ""
+    return f"{scheme}://" if scheme else ""
+
+
+def best_tracker(spec: TrainingJobSpec) -> BestTracker:
+    if spec.checkpoint.keep_best is not None:
+        return BestTracker(spec.checkpoint.keep_best.metric, spec.checkpoint.keep_best.mode)
+    if spec.early_stopping is not None:
+        return BestTracker(spec.early_stopping.metric, spec.early_stopping.mode)
+    return BestTracker(None, "max")
+
+
+def train(job: ClusterJob, writer: StatusWriter) -> tuple[str, str, dict[str, Any]]:
+    from .callbacks import StatusCallback
+    from .driver import fit_run, make_flag
+
+    flag = make_flag()
+    interval = float(os.environ.get(STATUS_INTERVAL_ENV, "10"))
+    status = StatusCallback(writer, uri_prefix(job.target), best_tracker(job.spec), interval, flag)
+    result = fit_run(job.spec, job.run_name, job.target, [status], flag=flag)
+    return result.status, result.error or "", result.metrics
+
+
+def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str, dict[str, Any]]:
+    from .sweep.runner import run_sweep
+
+    counts: dict[str, str] = {}
+
+    def on_result(trial: str, result: dict[str, Any]) -> None:
+        counts[trial] = result["state"]
+        tally: dict[str, int] = {}
+        for state in counts.values():
+            tally[state] = tally.get(state, 0) + 1
+        writer.patch({"tune": {"trials": tally}})
+
+    outcome = run_sweep(job.spec, job.run_name, job.target, on_result)
+    writer.patch({"tune": outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    failed = [t for t in outcome.trials if t.state == "ERROR"]
+    if outcome.best is None:
+        return "failed", f"no trial reported {outcome.metric}" + (f"; {failed[0].error}" if failed else ""), {}
+    return "succeeded", "", {outcome.metric: outcome.best.value}
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job = ClusterJob.from_env()
+    writer = StatusWriter(job.ref)
+    import ray
+    from trainforge.local.runner import prepare_ray_env
+
+    prepare_ray_env()
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+    log.info("TrainingJob %s/%s attempt %d: run %s in %s", job.ref.namespace, job.ref.name, job.ref.attempt,
+             job.run_name, job.target.uri)
+    try:
+        result, message, metrics = (sweep if job.spec.tune else train)(job, writer)
+    except Exception as exc:  # still tell the operator why, then fail the attempt
+        log.exception("the attempt failed")
+        result, message, metrics = "failed", f"{type(exc).__name__}: {exc}", {}
+    patch: dict[str, Any] = {"outcome": {"attempt": job.ref.attempt, "result": result, "message": message,
+                                         "time": now_stamp()}}
+    if metrics and not job.spec.tune:
+        patch.update(progress_patch(metrics, None, None))
+    writer.patch(patch)
+    from .driver import EXIT_CODES
+
+    log.info("attempt %d %s%s", job.ref.attempt, result, f": {message}" if message else "")
+    return EXIT_CODES[result]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
