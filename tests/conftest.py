@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.support.kube"]
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 

@@ -6,6 +6,8 @@ and spec edits only wake that daemon up."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -27,9 +29,10 @@ IDLE_S = 300.0
 """A finished job without a TTL is looked at again this rarely (or when its spec changes)."""
 ERROR_RETRY_S = 5.0
 
-_wake: dict[tuple[str, str], threading.Event] = {}
+_wake: dict[tuple[str, str], asyncio.Event] = {}
 _generations: dict[tuple[str, str], int | None] = {}
 _kube: Kube | None = None
+_running = False
 _kube_lock = threading.Lock()
 
 
@@ -49,23 +52,36 @@ def wake(namespace: str, name: str) -> None:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global SETTINGS, _kube, _running
+    SETTINGS = OperatorSettings.from_env()  # at start-up, not import: the environment may change in between
+    _kube = None  # credentials too are read at start-up
+    _running = True
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING  # our own events describe transitions; kopf's would repeat them
     settings.watching.server_timeout = 60
 
 
+@kopf.on.cleanup()
+async def stopping(**_: Any) -> None:
+    global _running
+    _running = False  # a pass still in its worker thread is then abandoned quietly
+
+
 @kopf.daemon(API_GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-def run_job(stopped: kopf.DaemonStopped, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
+async def run_job(stopped: kopf.DaemonStopped, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
+    # Async, so that a thousand jobs cost a thousand coroutines rather than a thread each (kopf's
+    # executor for sync daemons has a handful); each pass's blocking I/O runs in a worker thread.
     key = (namespace, name)
-    woken = _wake.setdefault(key, threading.Event())
+    woken = _wake.setdefault(key, asyncio.Event())
     try:
         while not stopped:
-            wait = reconcile_job(namespace, name, logger)
+            wait = await asyncio.to_thread(reconcile_job, namespace, name, logger)
             if wait is None:
                 return
             deadline = time.monotonic() + wait
             while not stopped and not woken.is_set() and time.monotonic() < deadline:
-                woken.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(1.0, max(deadline - time.monotonic(), 0.01)))
             woken.clear()
     finally:
         _wake.pop(key, None)
@@ -97,6 +113,8 @@ def reconcile_job(namespace: str, name: str, logger: logging.Logger) -> float | 
             return decision.requeue_after
         return IDLE_S if phase in TERMINAL_PHASES else SETTINGS.resync_s
     except Exception:  # the API server may be away; the daemon retries instead of dying
+        if not _running:
+            return None
         metrics.ERRORS.inc()
         logger.exception("reconcile of %s/%s failed; retrying in %.0f s", namespace, name, ERROR_RETRY_S)
         return ERROR_RETRY_S
@@ -117,7 +135,7 @@ def _publish(job: dict[str, Any], decision: Decision, logger: logging.Logger) ->
 
 
 @kopf.on.event(API_GROUP, VERSION, PLURAL)
-def job_changed(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> None:
+async def job_changed(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> None:
     """Spec edits (generation bumps) wake the job's daemon; its own status writes do not."""
     key = (namespace, name)
     generation = meta.get("generation")
@@ -127,10 +145,10 @@ def job_changed(meta: kopf.Meta, namespace: str, name: str, **_: Any) -> None:
 
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYJOBS, labels={LABEL_JOB: kopf.PRESENT})
-def rayjob_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+async def rayjob_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
     wake(namespace, labels[LABEL_JOB])
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def pod_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+async def pod_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
     wake(namespace, labels[LABEL_JOB])

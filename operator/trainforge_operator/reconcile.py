@@ -24,7 +24,6 @@ from .rayjob import attempt_name, build_rayjob, payload_spec, storage_for
 from .settings import OperatorSettings
 
 
-
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
@@ -73,6 +72,8 @@ class _Reconciler:
                                conditions=conditions.initial(self.now, self.generation))
             self.event("Normal", "Created", "TrainingJob accepted")
         self._step()
+        if self.status["phase"] in TERMINAL_PHASES and self.before.get("phase") not in TERMINAL_PHASES:
+            self._after_finish()  # just finished: schedule the TTL
         if self.generation is not None and self.status.get("observedGeneration") != self.generation:
             self.status["observedGeneration"] = self.generation
         self.decision.status = {k: v for k, v in self.status.items() if self.before.get(k) != v}

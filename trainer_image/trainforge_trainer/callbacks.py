@@ -48,6 +48,10 @@ class StatusCallback(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         report = metrics[0] if metrics else {}
+        if "resumed_step" in report:
+            log.warning("resumed from step %s (checkpoint %s)", report["resumed_step"], report.get("resumed_from"))
+        if "step" not in report:  # an event (resumed, skipped checkpoints), not progress
+            return
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
             self.best.offer(self.latest, int(report.get("step", 0)), report)

@@ -1,0 +1,185 @@
+"""The real operator (kopf) against the emulated API server: RayJobs, status, events, restarts of the
+operator itself, head loss, suspend, TTL, malformed jobs. RayJob status is written by the test here
+(KubeRay's part); tests/integration/test_operator_e2e.py runs attempts for real."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from tests.support.kube import Kube, KubeApiError, run_operator
+from tests.unit.manifests import MALFORMED, manifest
+
+MODULE = "trainforge_operator.handlers"
+TJ, RAY = "trainforge.dev/v1alpha1", "ray.io/v1"
+
+
+@pytest.fixture(autouse=True)
+def fast_operator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TRAINFORGE_DEFAULT_STORAGE", "s3://ckpt/runs")
+    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "0.5")
+    monkeypatch.setenv("TRAINFORGE_HEAD_LOST_GRACE_S", "1")
+    monkeypatch.setenv("TRAINFORGE_SUSPEND_GRACE_S", "1")
+    yield
+
+
+def job_doc(name: str = "digits", **spec: Any) -> dict[str, Any]:
+    doc = manifest(**spec)
+    doc["metadata"] = {"name": name, "namespace": "default"}
+    return doc
+
+
+def status(kube: Kube, name: str = "digits") -> dict[str, Any]:
+    return kube.get(TJ, "trainingjobs", "default", name).get("status") or {}
+
+
+def wait_phase(kube: Kube, phase: str, name: str = "digits", timeout: float = 15) -> dict[str, Any]:
+    return kube.wait_for(lambda: (s := status(kube, name)).get("phase") == phase and s, timeout,
+                         f"{name} to reach {phase} (now {status(kube, name).get('phase')})")
+
+
+def rayjob(kube: Kube, attempt: int, name: str = "digits", timeout: float = 15) -> dict[str, Any]:
+    return kube.wait_for(lambda: kube.exists(RAY, "rayjobs", "default", f"{name}-a{attempt}")
+                         and kube.get(RAY, "rayjobs", "default", f"{name}-a{attempt}"), timeout,
+                         f"RayJob {name}-a{attempt}")
+
+
+def set_rayjob(kube: Kube, attempt: int, job_status: str, deployment: str, **extra: Any) -> None:
+    kube.patch_status(RAY, "rayjobs", "default", f"digits-a{attempt}",
+                      {"jobStatus": job_status, "jobDeploymentStatus": deployment,
+                       "rayClusterName": f"digits-a{attempt}-raycluster", **extra})
+
+
+def head_pod(kube: Kube, attempt: int) -> None:
+    kube.create({"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": f"digits-a{attempt}-head", "namespace": "default",
+                              "labels": {"trainforge.dev/job": "digits", "trainforge.dev/attempt": str(attempt),
+                                         "ray.io/node-type": "head"}},
+                 "spec": {"containers": [{"name": "ray-head", "image": "x"}]}, "status": {"phase": "Running"}})
+
+
+def events(kube: Kube, name: str = "digits") -> list[str]:
+    items = kube.list("v1", "events", "default")
+    return [e["reason"] for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+def rayjobs(kube: Kube) -> list[str]:
+    return sorted(r["metadata"]["name"] for r in kube.list(RAY, "rayjobs", "default"))
+
+
+def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
+    with run_operator(kube, module=MODULE) as run:
+        created = kube.create(job_doc(workers=2, gpusPerWorker=0))
+        rj = rayjob(kube, 1)
+        owner = rj["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingJob", created["metadata"]["uid"], True)
+        assert rj["spec"]["entrypoint"] == "python -m trainforge_trainer.run" and rj["spec"]["backoffLimit"] == 0
+        assert rj["spec"]["shutdownAfterJobFinishes"] is True
+        assert rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
+        head_env = {e["name"]: e.get("value") for e in
+                    rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+        payload = json.loads(head_env["TRAINFORGE_JOB"])
+        assert (payload["storage"], payload["attempt"], payload["runName"]) == ("s3://ckpt/runs/default", 1, "digits")
+        st = status(kube)
+        assert st["phase"] == "Created" and st["attempt"] == 1 and st["observedGeneration"] == 1
+        assert {c["type"] for c in st["conditions"]} >= {"Created", "Running", "Succeeded", "Failed"}
+        head_pod(kube, 1)
+        set_rayjob(kube, 1, "RUNNING", "Running")
+        wait_phase(kube, "Running")
+        set_rayjob(kube, 1, "SUCCEEDED", "Complete")
+        st = wait_phase(kube, "Succeeded")
+        assert st["completionTime"] and st["restarts"] == 0
+        kube.wait_for(lambda: {"Created", "AttemptCreated", "Running", "Succeeded"} <= set(events(kube)), 5, "events")
+        metrics = generate_latest(run.module.metrics.REGISTRY).decode()
+        assert "trainforge_attempts_total 1.0" in metrics and 'trainforge_jobs{phase="Succeeded"} 1.0' in metrics
+        assert "trainforge_reconcile_seconds_count" in metrics
+
+
+def test_an_operator_restart_mid_job_creates_no_duplicate_and_loses_no_state(kube: Kube) -> None:
+    with run_operator(kube, module=MODULE):
+        kube.create(job_doc())
+        rayjob(kube, 1)
+        head_pod(kube, 1)
+        set_rayjob(kube, 1, "RUNNING", "Running")
+        wait_phase(kube, "Running")
+    set_rayjob(kube, 1, "FAILED", "Failed", message="worker OOM")  # happens while no operator runs
+    with run_operator(kube, module=MODULE):
+        st = kube.wait_for(lambda: (s := status(kube)).get("attempt") == 2 and s, 15, "attempt 2")
+        rayjob(kube, 2)
+        head_pod(kube, 2)
+        set_rayjob(kube, 2, "RUNNING", "Running")
+        wait_phase(kube, "Running")
+    with run_operator(kube, module=MODULE):  # and once more, with nothing new to do
+        kube.wait_for(lambda: events(kube).count("Running") >= 2, 5, "events")
+    st = status(kube)
+    assert rayjobs(kube) == ["digits-a1", "digits-a2"] and st["restarts"] == 1 and st["attempt"] == 2
+    assert events(kube).count("AttemptCreated") == 2
+    failed = [e["message"] for e in kube.list("v1", "events", "default") if e["reason"] == "AttemptFailed"]
+    assert len(failed) == 1 and "worker OOM" in failed[0]
+
+
+def test_a_lost_head_starts_the_next_attempt(kube: Kube) -> None:
+    with run_operator(kube, module=MODULE):
+        kube.create(job_doc())
+        rayjob(kube, 1)
+        set_rayjob(kube, 1, "RUNNING", "Running")  # no head pod: its node is gone, KubeRay does not notice
+        st = kube.wait_for(lambda: (s := status(kube)).get("attempt") == 2 and s, 15, "attempt 2")
+        assert st["restarts"] == 1 and "head pod" in st["message"] and st["phase"] == "Restarting"
+        kube.wait_for(lambda: rayjobs(kube) == ["digits-a2"], 5, "the stuck RayJob deleted")
+
+
+def test_suspend_then_resume(kube: Kube) -> None:
+    with run_operator(kube, module=MODULE):
+        kube.create(job_doc())
+        rayjob(kube, 1)
+        head_pod(kube, 1)
+        set_rayjob(kube, 1, "RUNNING", "Running")
+        wait_phase(kube, "Running")
+        kube.patch(TJ, "trainingjobs", "default", "digits", {"spec": {"suspend": True}})
+        st = wait_phase(kube, "Suspended")  # the trainer did not stop within the grace: deleted
+        assert st["preemptions"] == 0 and rayjobs(kube) == []
+        kube.patch(TJ, "trainingjobs", "default", "digits", {"spec": {"suspend": False}})
+        rayjob(kube, 2)
+        st = wait_phase(kube, "Restarting")
+        assert st["reason"] == "Resumed" and st["restarts"] == 0
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_rayjobs(kube: Kube) -> None:
+    with run_operator(kube, module=MODULE):
+        kube.create(job_doc(ttlSecondsAfterFinished=1))
+        rayjob(kube, 1)
+        set_rayjob(kube, 1, "SUCCEEDED", "Complete")
+        kube.wait_for(lambda: not kube.exists(TJ, "trainingjobs", "default", "digits"), 15, "the job deleted")
+        kube.wait_for(lambda: rayjobs(kube) == [], 5, "its RayJobs garbage-collected")
+
+
+def test_malformed_jobs_are_refused_by_the_schema_or_fail_naming_the_field(kube: Kube) -> None:
+    bad = [b for b in MALFORMED if b.path.startswith("spec")]
+    refused_by_schema, pruned, failed = 0, [], []
+    with run_operator(kube, module=MODULE):
+        for i, case in enumerate(bad):
+            doc = copy.deepcopy(case.doc)
+            doc["metadata"] = {"name": f"bad-{i}", "namespace": "default"}
+            try:
+                stored = kube.create(doc)
+            except KubeApiError as err:
+                assert err.status == 422 and case.schema_catches, (case.id, err)
+                assert case.path.removeprefix("spec.").split(".")[0] in json.dumps(err.body), (case.id, err.body)
+                refused_by_schema += 1
+                continue
+            if stored["spec"] != doc["spec"]:
+                # An unknown field: the API server prunes it (kubectl's default strict field validation
+                # refuses it before that); the job that remains is valid.
+                pruned.append(case.id)
+                continue
+            failed.append((f"bad-{i}", case))
+        for name, case in failed:
+            st = wait_phase(kube, "Failed", name)
+            assert st["reason"] == "InvalidSpec" and case.path in st["message"], (case.id, st["message"])
+            assert not kube.exists(RAY, "rayjobs", "default", f"{name}-a1")
+    assert refused_by_schema >= 10 and len(failed) >= 15, (refused_by_schema, len(failed), pruned)

@@ -1,0 +1,96 @@
+"""The trainer's side of a cluster job: reading its payload, and what it writes into the status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from trainforge.spec import parse_job
+from trainforge_operator.rayjob import build_rayjob
+from trainforge_operator.settings import SPEC_ENV, OperatorSettings
+from trainforge_trainer.callbacks import StatusCallback
+from trainforge_trainer.kube_status import BestTracker, JobRef, RateLimiter, progress_patch
+from trainforge_trainer.run import ClusterJob, best_tracker, uri_prefix
+
+from tests.unit.manifests import manifest
+
+
+def payload_env(**spec: Any) -> dict[str, str]:
+    doc = manifest(**spec)
+    doc["metadata"].update(namespace="ml", uid="u1", generation=1)
+    rayjob = build_rayjob(doc, parse_job(doc).spec, 3, OperatorSettings(default_storage="s3://ckpt/runs"))
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in head["env"] if "value" in e}
+
+
+def test_the_entrypoint_reads_the_job_the_operator_wrote() -> None:
+    job = ClusterJob.from_env(payload_env(checkpoint={"keepBest": {"metric": "val_accuracy"}}))
+    assert job.ref == JobRef("ml", "digits", 3) and job.run_name == "digits"
+    assert job.target.uri == "s3://ckpt/runs/ml" and uri_prefix(job.target) == "s3://"
+    assert job.spec.workers == 2 and best_tracker(job.spec).metric == "val_accuracy"
+
+
+def test_without_the_payload_it_says_what_it_is_for() -> None:
+    with pytest.raises(SystemExit, match=SPEC_ENV):
+        ClusterJob.from_env({})
+
+
+def test_progress_patch_keeps_numbers_only() -> None:
+    patch = progress_patch({"epoch": 2, "step": 40, "total_steps": 100, "loss": 0.5, "checkpoint": "c",
+                            "preempted": False, "samples_per_second": 900.0}, "s3://b/r/checkpoint_1", None)
+    progress = patch["progress"]
+    assert (progress["epoch"], progress["step"], progress["totalSteps"]) == (2, 40, 100)
+    assert progress["metrics"] == {"loss": 0.5, "samples_per_second": 900.0}
+    assert patch["latestCheckpoint"] == "s3://b/r/checkpoint_1" and "bestCheckpoint" not in patch
+
+
+def test_best_tracker_and_rate_limiter() -> None:
+    best = BestTracker("val_accuracy", "max")
+    assert best.offer("a", 10, {"val_accuracy": 0.9}) and not best.offer("b", 20, {"val_accuracy": 0.8})
+    assert not best.offer("c", 30, {"loss": 1.0}) and best.best == {"uri": "a", "step": 10,
+                                                                    "metric": "val_accuracy", "value": 0.9}
+    limiter = RateLimiter(3600)
+    assert limiter.ready() and not limiter.ready() and limiter.ready(force=True)
+
+
+class RecordingWriter:
+    """Stands in for the Kubernetes API (the real writer is exercised against the emulator)."""
+
+    def __init__(self, suspend_after: int) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.suspend_after = suspend_after
+        self.suspend_requested = False
+
+    def patch(self, status: dict[str, Any]) -> bool:
+        self.patches.append(status)
+        self.suspend_requested = len(self.patches) >= self.suspend_after
+        return True
+
+
+class Flag:
+    def __init__(self) -> None:
+        self.sets = 0
+        self.set = self
+
+    def remote(self) -> None:
+        self.sets += 1
+
+
+class Ckpt:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def test_status_callback_rate_limits_reports_writes_checkpoints_and_relays_suspend() -> None:
+    writer, flag = RecordingWriter(suspend_after=2), Flag()
+    callback = StatusCallback(writer, "s3://", BestTracker("val_accuracy", "max"), 3600, flag)  # type: ignore[arg-type]
+    callback.after_report(None, [{"epoch": 0, "step": 10, "loss": 1.0}], None)
+    callback.after_report(None, [{"epoch": 0, "step": 20, "loss": 0.9}], None)  # within the interval: dropped
+    callback.after_report(None, [{"epoch": 1, "step": 30, "val_accuracy": 0.9}], Ckpt("b/run/checkpoint_30"))
+    assert [p["progress"]["step"] for p in writer.patches] == [10, 30]
+    assert writer.patches[1]["latestCheckpoint"] == "s3://b/run/checkpoint_30"
+    assert writer.patches[1]["bestCheckpoint"]["value"] == 0.9 and flag.sets == 1
+    callback.after_report(None, [{"epoch": 1, "step": 40}], Ckpt("b/run/checkpoint_40"))
+    assert flag.sets == 1  # asked once
+    assert json.dumps(writer.patches)  # JSON-ready for the API
