@@ -55,7 +55,7 @@ class StatusCallback(UserCallback):
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
             self.best.offer(self.latest, int(report.get("step", 0)), report)
-        if not self.limiter.ready(force=checkpoint is not None):
+        if not self.limiter.ready(force=checkpoint is not None or bool(report.get("done"))):
             return
         self.writer.patch(progress_patch(report, self.latest, self.best.best))
         if self.writer.suspend_requested and self.preempt_flag is not None and not self.asked_to_stop:

@@ -8,6 +8,7 @@ conflict. A failed patch is logged and dropped: reporting must never fail traini
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +36,9 @@ class StatusWriter:
 
     def __init__(self, job: JobRef) -> None:
         self.job = job
+        self.kubeconfig = os.environ.get("KUBECONFIG")
+        """Outside a cluster the driver's kubeconfig, kept for the Ray Train controller actor, which
+        does not inherit the driver's environment (inside one, both use the pod's service account)."""
         self.suspend_requested = False
         self._api: Any = None
         self._failures = 0
@@ -59,7 +63,7 @@ class StatusWriter:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                config.load_kube_config(config_file=self.kubeconfig)
             self._api = client.CustomObjectsApi()
         return self._api
 

@@ -17,7 +17,7 @@ from typing import Any
 from trainforge.checkpoints import StorageTarget, resolve_storage
 from trainforge.spec import TrainingJobSpec
 
-from .kube_status import BestTracker, JobRef, StatusWriter, now_stamp, progress_patch
+from .kube_status import BestTracker, JobRef, StatusWriter, now_stamp
 
 SPEC_ENV = "TRAINFORGE_JOB"
 STATUS_INTERVAL_ENV = "TRAINFORGE_STATUS_INTERVAL_S"
@@ -56,7 +56,7 @@ def best_tracker(spec: TrainingJobSpec) -> BestTracker:
     return BestTracker(None, "max")
 
 
-def train(job: ClusterJob, writer: StatusWriter) -> tuple[str, str, dict[str, Any]]:
+def train(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
     from .callbacks import StatusCallback
     from .driver import fit_run, make_flag
 
@@ -64,10 +64,10 @@ def train(job: ClusterJob, writer: StatusWriter) -> tuple[str, str, dict[str, An
     interval = float(os.environ.get(STATUS_INTERVAL_ENV, "10"))
     status = StatusCallback(writer, uri_prefix(job.target), best_tracker(job.spec), interval, flag)
     result = fit_run(job.spec, job.run_name, job.target, [status], flag=flag)
-    return result.status, result.error or "", result.metrics
+    return result.status, result.error or ""
 
 
-def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str, dict[str, Any]]:
+def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
     from .sweep.runner import run_sweep
 
     counts: dict[str, str] = {}
@@ -83,8 +83,8 @@ def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str, dict[str, An
     writer.patch({"tune": outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True)})
     failed = [t for t in outcome.trials if t.state == "ERROR"]
     if outcome.best is None:
-        return "failed", f"no trial reported {outcome.metric}" + (f"; {failed[0].error}" if failed else ""), {}
-    return "succeeded", "", {outcome.metric: outcome.best.value}
+        return "failed", f"no trial reported {outcome.metric}" + (f"; {failed[0].error}" if failed else "")
+    return "succeeded", ""
 
 
 def main() -> int:
@@ -99,14 +99,12 @@ def main() -> int:
     log.info("TrainingJob %s/%s attempt %d: run %s in %s", job.ref.namespace, job.ref.name, job.ref.attempt,
              job.run_name, job.target.uri)
     try:
-        result, message, metrics = (sweep if job.spec.tune else train)(job, writer)
+        result, message = (sweep if job.spec.tune else train)(job, writer)
     except Exception as exc:  # still tell the operator why, then fail the attempt
         log.exception("the attempt failed")
-        result, message, metrics = "failed", f"{type(exc).__name__}: {exc}", {}
+        result, message = "failed", f"{type(exc).__name__}: {exc}"
     patch: dict[str, Any] = {"outcome": {"attempt": job.ref.attempt, "result": result, "message": message,
                                          "time": now_stamp()}}
-    if metrics and not job.spec.tune:
-        patch.update(progress_patch(metrics, None, None))
     writer.patch(patch)
     from .driver import EXIT_CODES
 

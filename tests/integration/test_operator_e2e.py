@@ -1,0 +1,97 @@
+"""End to end on one machine: the operator (real kopf) on the emulated API server, the KubeRay
+stand-in running each attempt's entrypoint (`python -m trainforge_trainer.run`) for real on the
+session's Ray, checkpoints on moto S3, and the trainer writing progress into the TrainingJob."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.kube import Kube, run_operator
+from tests.support.kuberay_standin import Attempt, KubeRayStandIn
+from tests.unit.manifests import manifest
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+MODULE = "trainforge_operator.handlers"
+TJ = "trainforge.dev/v1alpha1"
+
+
+@pytest.fixture
+def cluster(kube: Kube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeRayStandIn]:
+    import ray
+
+    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "0.5")
+    with KubeRayStandIn(kube.api_client(), tmp_path, ray.get_runtime_context().gcs_address,
+                        {"TRAINFORGE_STATUS_INTERVAL_S": "0"}) as standin, run_operator(kube, module=MODULE):
+        yield standin
+    assert not standin.errors, standin.errors
+
+
+def digits_job(name: str, bucket: str, endpoint: str, pause_s: float = 0.0, **spec: Any) -> dict[str, Any]:
+    doc = manifest(task={"entrypoint": "tests.support.tasks:paced_digits", "args": {"hidden": 64, "pause_s": pause_s}},
+                   workers=1, cpusPerWorker=1, batch={"size": 64}, logEverySteps=5,
+                   checkpoint={"storage": f"s3://{bucket}/runs", "endpoint": endpoint, "everySteps": 5,
+                               "keep": 3, "keepBest": {"metric": "val_accuracy"}}, **spec)
+    doc["metadata"] = {"name": name, "namespace": "default"}
+    return doc
+
+
+def status(kube: Kube, name: str) -> dict[str, Any]:
+    return kube.get(TJ, "trainingjobs", "default", name).get("status") or {}
+
+
+def wait_status(kube: Kube, name: str, what: str, predicate: Any, timeout: float = 150) -> dict[str, Any]:
+    return kube.wait_for(lambda: (s := status(kube, name)) and predicate(s) and s, timeout,
+                         f"{name}: {what} (status now {status(kube, name)})")
+
+
+def resumed_step(attempt: Attempt, kube: Kube, timeout: float = 90) -> int:
+    found = kube.wait_for(lambda: re.search(r"resumed from step (\d+)", attempt.log_path.read_text()), timeout,
+                          f"attempt {attempt.name} to resume")
+    return int(found.group(1))
+
+
+def test_a_digits_job_succeeds_with_progress_and_checkpoints_in_its_status(
+        kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
+    kube.create(digits_job("digits", bucket, moto_endpoint, epochs=2))
+    st = wait_status(kube, "digits", "Succeeded", lambda s: s.get("phase") in ("Succeeded", "Failed"))
+    attempt = cluster.attempts[("default", "digits-a1")]
+    assert st["phase"] == "Succeeded", (st, attempt.log_path.read_text()[-3000:])
+    progress = st["progress"]
+    assert progress["epoch"] == 2 and progress["step"] == progress["totalSteps"] == 40
+    assert progress["metrics"]["val_accuracy"] > 0.5
+    assert st["latestCheckpoint"].startswith(f"s3://{bucket}/runs/digits/checkpoint_")
+    assert st["bestCheckpoint"]["metric"] == "val_accuracy" and st["bestCheckpoint"]["uri"].startswith("s3://")
+    assert st["outcome"] == {**st["outcome"], "attempt": 1, "result": "succeeded"}
+    assert (st["attempt"], st["restarts"], st["preemptions"]) == (1, 0, 0)
+
+
+def test_a_preempted_then_killed_job_resumes_each_time_and_succeeds(
+        kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
+    kube.create(digits_job("flaky", bucket, moto_endpoint, pause_s=0.03, epochs=2))
+    first = cluster.attempt("default", "flaky-a1")
+    wait_status(kube, "flaky", "a first checkpoint", lambda s: s.get("latestCheckpoint"))
+    os.killpg(first.process.pid, signal.SIGTERM)  # preemption: checkpoint, exit 75
+    st = wait_status(kube, "flaky", "attempt 2", lambda s: s.get("attempt") == 2)
+    assert first.process.wait(30) == 75
+    assert (st["preemptions"], st["restarts"]) == (1, 0) and st["outcome"]["result"] == "preempted"
+
+    second = cluster.attempt("default", "flaky-a2")
+    assert resumed_step(second, kube) > 0
+    seen = st.get("latestCheckpoint")
+    wait_status(kube, "flaky", "a newer checkpoint", lambda s: s.get("latestCheckpoint") not in (None, seen))
+    os.killpg(second.process.pid, signal.SIGKILL)  # a crash: no checkpoint, no outcome
+    st = wait_status(kube, "flaky", "attempt 3", lambda s: s.get("attempt") == 3)
+    assert (st["preemptions"], st["restarts"]) == (1, 1)
+
+    third = cluster.attempt("default", "flaky-a3")
+    assert resumed_step(third, kube) > 0
+    st = wait_status(kube, "flaky", "Succeeded", lambda s: s.get("phase") in ("Succeeded", "Failed"), 180)
+    assert st["phase"] == "Succeeded", (st, third.log_path.read_text()[-3000:])
+    assert st["progress"]["step"] == 40 and (st["attempt"], st["restarts"], st["preemptions"]) == (3, 1, 1)
