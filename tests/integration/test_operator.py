@@ -183,3 +183,36 @@ def test_malformed_jobs_are_refused_by_the_schema_or_fail_naming_the_field(kube:
             assert st["reason"] == "InvalidSpec" and case.path in st["message"], (case.id, st["message"])
             assert not kube.exists(RAY, "rayjobs", "default", f"{name}-a1")
     assert refused_by_schema >= 10 and len(failed) >= 15, (refused_by_schema, len(failed), pruned)
+
+
+def test_the_operator_command_serves_health_and_metrics_and_reconciles(kube: Kube, tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    log = (tmp_path / "operator.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "trainforge_operator", "-n", "default", "--standalone",
+                             "--health-port", str(ports[0]), "--metrics-port", str(ports[1])],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        kube.create(job_doc())
+        rayjob(kube, 1, timeout=30)
+
+        def get(port: int, path: str) -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                return resp.read().decode()
+
+        kube.wait_for(lambda: get(ports[0], "/healthz"), 10, "/healthz")
+        assert "trainforge_attempts_total 1.0" in get(ports[1], "/metrics")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    lines = [json.loads(line) for line in (tmp_path / "operator.log").read_text().splitlines() if line.startswith("{")]
+    assert any("AttemptCreated" in line.get("message", "") for line in lines)  # structured (JSON) logs

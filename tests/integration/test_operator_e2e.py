@@ -95,3 +95,20 @@ def test_a_preempted_then_killed_job_resumes_each_time_and_succeeds(
     st = wait_status(kube, "flaky", "Succeeded", lambda s: s.get("phase") in ("Succeeded", "Failed"), 180)
     assert st["phase"] == "Succeeded", (st, third.log_path.read_text()[-3000:])
     assert st["progress"]["step"] == 40 and (st["attempt"], st["restarts"], st["preemptions"]) == (3, 1, 1)
+
+
+def test_a_sweep_runs_in_one_attempt_and_reports_its_trials(
+        kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
+    doc = digits_job("sweep", bucket, moto_endpoint, epochs=1)
+    doc["spec"]["checkpoint"].pop("keepBest")
+    doc["spec"]["tune"] = {"metric": "val_accuracy", "mode": "max", "numSamples": 2, "maxConcurrent": 2,
+                           "space": {"optimizer.lr": {"choice": [1e-3, 3e-3]}}, "search": {"type": "grid"}}
+    kube.create(doc)
+    st = wait_status(kube, "sweep", "finished", lambda s: s.get("phase") in ("Succeeded", "Failed"), 240)
+    attempt = cluster.attempts[("default", "sweep-a1")]
+    assert st["phase"] == "Succeeded", (st, attempt.log_path.read_text()[-3000:])
+    tune = st["tune"]
+    assert tune["trials"] == {"TERMINATED": 2} and tune["best"]["metric"] == "val_accuracy"
+    assert tune["best"]["config"]["optimizer.lr"] in (1e-3, 3e-3) and tune["best"]["value"] > 0.5
+    assert tune["best"]["checkpoint"].startswith(f"s3://{bucket}/runs/sweep/trials/")
+    assert len(cluster.attempts) == 1 and st["attempt"] == 1

@@ -70,17 +70,25 @@ def train(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
 def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
     from .sweep.runner import run_sweep
 
-    counts: dict[str, str] = {}
+    states: dict[str, str] = {}
+    sent: set[str] = set()
+
+    def write(tune: dict[str, Any]) -> None:
+        # A merge patch merges maps: states no longer held by any trial must be nulled explicitly.
+        counts = tune.setdefault("trials", {})
+        writer.patch({"tune": {**tune, "trials": {**dict.fromkeys(sent - set(counts)), **counts}}})
+        sent.clear()
+        sent.update(counts)
 
     def on_result(trial: str, result: dict[str, Any]) -> None:
-        counts[trial] = result["state"]
-        tally: dict[str, int] = {}
-        for state in counts.values():
-            tally[state] = tally.get(state, 0) + 1
-        writer.patch({"tune": {"trials": tally}})
+        states[trial] = result["state"]
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        write({"trials": counts})
 
     outcome = run_sweep(job.spec, job.run_name, job.target, on_result)
-    writer.patch({"tune": outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True)})
+    write(outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True))
     failed = [t for t in outcome.trials if t.state == "ERROR"]
     if outcome.best is None:
         return "failed", f"no trial reported {outcome.metric}" + (f"; {failed[0].error}" if failed else "")
