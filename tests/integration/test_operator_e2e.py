@@ -4,6 +4,7 @@ session's Ray, checkpoints on moto S3, and the trainer writing progress into the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -101,10 +102,15 @@ def test_a_sweep_runs_in_one_attempt_and_reports_its_trials(
         kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
     doc = digits_job("sweep", bucket, moto_endpoint, epochs=1)
     doc["spec"]["checkpoint"].pop("keepBest")
-    doc["spec"]["tune"] = {"metric": "val_accuracy", "mode": "max", "numSamples": 2, "maxConcurrent": 2,
+    doc["spec"]["tune"] = {"metric": "val_accuracy", "mode": "max", "numSamples": 2, "maxConcurrent": 1,
                            "space": {"optimizer.lr": {"choice": [1e-3, 3e-3]}}, "search": {"type": "grid"}}
     kube.create(doc)
-    st = wait_status(kube, "sweep", "finished", lambda s: s.get("phase") in ("Succeeded", "Failed"), 240)
+    try:
+        st = wait_status(kube, "sweep", "finished", lambda s: s.get("phase") in ("Succeeded", "Failed"), 150)
+    except AssertionError as err:  # say where it stood, and what the attempt printed
+        err.add_note(json.dumps(status(kube, "sweep").get("tune")))
+        err.add_note(cluster.attempts[("default", "sweep-a1")].log_path.read_text()[-4000:])
+        raise
     attempt = cluster.attempts[("default", "sweep-a1")]
     assert st["phase"] == "Succeeded", (st, attempt.log_path.read_text()[-3000:])
     tune = st["tune"]
