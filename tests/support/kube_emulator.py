@@ -35,6 +35,7 @@ import kmock
 from kmock._internal import apps, parsing, rendering  # no public API to build a request ourselves
 
 from tests.support import kube_rules as rules
+from tests.support.kube_gc import OwnerGarbageCollection
 from tests.support.kube_rules import ApiCall, Event, Obj, fail
 
 Key = tuple[kmock.resource, "str | None", str]
@@ -44,7 +45,7 @@ _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "
 
 
 @attrs.define(kw_only=True)
-class StatefulEmulator(kmock.KubernetesEmulator):
+class StatefulEmulator(OwnerGarbageCollection, kmock.KubernetesEmulator):
     """kmock's emulator with the object semantics kopf and the ``kubernetes`` client rely on.
 
     Its methods must run on the server's event loop (``Kube`` in tests/support/kube.py marshals them).
@@ -411,41 +412,3 @@ class StatefulEmulator(kmock.KubernetesEmulator):
         if options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents"):
             self._orphaning.add(current["metadata"]["uid"])
         return self.delete_object(key)
-
-    def delete_object(self, key: Key) -> Obj:
-        """Delete as the API does: mark it while finalizers remain; once none, remove it and collect dependents."""
-        current = self.get_object(key)
-        assert current is not None
-        meta = current["metadata"]
-        if meta.get("deletionTimestamp"):
-            return current
-        if meta.get("finalizers"):
-            marked = copy.deepcopy(current)
-            marked["metadata"].update(deletionTimestamp=rules.now(), deletionGracePeriodSeconds=0)
-            return self._commit(key, marked, "MODIFIED", current)
-        return self._remove(key, current)
-
-    def _remove(self, key: Key, current: Obj) -> Obj:
-        removed = self._commit(key, None, "DELETED", current)
-        self._collect(current["metadata"]["uid"], key[1])
-        return removed
-
-    def _collect(self, uid: str, namespace: str | None) -> None:
-        """Owner-reference GC: a dependent goes once no owner is left; an Orphan deletion releases it instead."""
-        alive = {o.raw["metadata"].get("uid") for o in self._objects.values() if not o.deleted}
-        for key, obj in list(self._objects.items()):
-            if obj.deleted or namespace not in (None, key[1]):  # a namespaced owner owns its namespace only
-                continue
-            current = copy.deepcopy(obj.raw)
-            refs = current["metadata"].get("ownerReferences") or []
-            if not any(ref.get("uid") == uid for ref in refs):
-                continue
-            remaining = [ref for ref in refs if ref.get("uid") != uid]
-            if uid in self._orphaning or any(ref.get("uid") in alive for ref in remaining):
-                released = copy.deepcopy(current)
-                released["metadata"]["ownerReferences"] = remaining
-                if not remaining:
-                    del released["metadata"]["ownerReferences"]
-                self._commit(key, released, "MODIFIED", current)
-            else:
-                self.delete_object(key)
