@@ -76,6 +76,10 @@ class _Reconciler:
             self._after_finish()  # just finished: schedule the TTL
         if self.generation is not None and self.status.get("observedGeneration") != self.generation:
             self.status["observedGeneration"] = self.generation
+        return self.finish()
+
+    def finish(self) -> Decision:
+        """The status patch: what changed, and null for what went."""
         self.decision.status = {k: v for k, v in self.status.items() if self.before.get(k) != v}
         for gone in set(self.before) - set(self.status):
             self.decision.status[gone] = None
@@ -315,5 +319,4 @@ def refused(obs: Observed, settings: OperatorSettings, why: str) -> Decision:
     r.rayjob = None
     r.status.update(phase=r.status.get("phase") or "Created")
     r.fail("RayJobRejected", why)
-    r.decision.status = {k: v for k, v in r.status.items() if r.before.get(k) != v}
-    return r.decision
+    return r.finish()

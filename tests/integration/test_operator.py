@@ -63,6 +63,14 @@ def head_pod(kube: Kube, attempt: int) -> None:
                  "spec": {"containers": [{"name": "ray-head", "image": "x"}]}, "status": {"phase": "Running"}})
 
 
+def running_attempt(kube: Kube, attempt: int) -> None:
+    """KubeRay's part for one attempt: its head pod is up and its RayJob runs."""
+    rayjob(kube, attempt)
+    head_pod(kube, attempt)
+    set_rayjob(kube, attempt, "RUNNING", "Running")
+    wait_phase(kube, "Running")
+
+
 def events(kube: Kube, name: str = "digits") -> list[str]:
     items = kube.list("v1", "events", "default")
     return [e["reason"] for e in items if e.get("involvedObject", {}).get("name") == name]
@@ -103,17 +111,11 @@ def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
 def test_an_operator_restart_mid_job_creates_no_duplicate_and_loses_no_state(kube: Kube) -> None:
     with run_operator(kube, module=MODULE):
         kube.create(job_doc())
-        rayjob(kube, 1)
-        head_pod(kube, 1)
-        set_rayjob(kube, 1, "RUNNING", "Running")
-        wait_phase(kube, "Running")
+        running_attempt(kube, 1)
     set_rayjob(kube, 1, "FAILED", "Failed", message="worker OOM")  # happens while no operator runs
     with run_operator(kube, module=MODULE):
         st = kube.wait_for(lambda: (s := status(kube)).get("attempt") == 2 and s, 15, "attempt 2")
-        rayjob(kube, 2)
-        head_pod(kube, 2)
-        set_rayjob(kube, 2, "RUNNING", "Running")
-        wait_phase(kube, "Running")
+        running_attempt(kube, 2)
     with run_operator(kube, module=MODULE):  # and once more, with nothing new to do
         kube.wait_for(lambda: events(kube).count("Running") >= 2, 5, "events")
     st = status(kube)
@@ -136,10 +138,7 @@ def test_a_lost_head_starts_the_next_attempt(kube: Kube) -> None:
 def test_suspend_then_resume(kube: Kube) -> None:
     with run_operator(kube, module=MODULE):
         kube.create(job_doc())
-        rayjob(kube, 1)
-        head_pod(kube, 1)
-        set_rayjob(kube, 1, "RUNNING", "Running")
-        wait_phase(kube, "Running")
+        running_attempt(kube, 1)
         kube.patch(TJ, "trainingjobs", "default", "digits", {"spec": {"suspend": True}})
         st = wait_phase(kube, "Suspended")  # the trainer did not stop within the grace: deleted
         assert st["preemptions"] == 0 and rayjobs(kube) == []
