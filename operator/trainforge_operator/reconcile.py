@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from trainforge.spec import SpecValidationError, TrainingJobSpec, parse_job
+from trainforge.spec import SpecValidationError, TrainingJobSpec, conditions, parse_job
 from trainforge.spec.job import MUTABLE_WHILE_RUNNING
 from trainforge.spec.status import TERMINAL_PHASES
 
-from . import conditions, observed
+from . import observed
 from .observed import Observed
 from .rayjob import attempt_name, build_rayjob, payload_spec, storage_for
 from .settings import OperatorSettings

@@ -301,5 +301,21 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry: the spec arrives as JSON-compatible data, never as shell text."""
     spec = TrainingJobSpec.model_validate(config["spec"])
+    announce_rank()
     run_worker(spec, config.get("run_dir"), preempt_flag=config.get("preempt_flag"),
                init_from=config.get("init_from"))
+
+
+RANK_ANNOUNCEMENT = "trainforge worker rank={rank} world_size={world} host={host} pid={pid}"
+
+
+def announce_rank() -> None:
+    """One line per worker start, which the driver log shows behind Ray's `(RayTrainWorker pid=…)`
+    prefix: `trainforge logs --rank R` maps that prefix to the rank through it."""
+    import socket
+
+    import ray.train
+
+    ctx = ray.train.get_context()
+    print(RANK_ANNOUNCEMENT.format(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                                   host=socket.gethostname(), pid=os.getpid()), flush=True)

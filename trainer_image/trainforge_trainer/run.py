@@ -96,6 +96,7 @@ def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
 
 
 def main() -> int:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # dedup merges ranks' lines: `trainforge logs --rank` needs them
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job = ClusterJob.from_env()
     writer = StatusWriter(job.ref)

@@ -71,7 +71,7 @@ def tune_results(name: str, storage: str | None, endpoint: str | None, output: s
     from ..local import default_storage
 
     try:
-        from trainforge_trainer.sweep.runner import load_outcome
+        from ..checkpoints.results import load_outcome
 
         outcome = load_outcome(resolve_storage(storage or default_storage(), endpoint), name)
     except (OSError, RuntimeError) as exc:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 from trainforge.checkpoints import StorageTarget, list_checkpoints
+from trainforge.checkpoints.results import RESULTS_FILE
 from trainforge.spec import TrainingJobSpec
 from trainforge.spec.status import TuneBest, TuneStatus
 
@@ -21,7 +22,6 @@ from .plan import DRIVER_CPU, plan_sweep
 from .space import param_space, plain
 from .trial import run_trial, trials_target
 
-RESULTS_FILE = "tune-results.json"
 
 
 @dataclass
@@ -172,13 +172,3 @@ def _best_checkpoint(trials: StorageTarget, trial_id: str, metric: str, mode: st
 def save_outcome(outcome: SweepOutcome, target: StorageTarget) -> None:
     with target.filesystem.open_output_stream(f"{target.run_path(outcome.name)}/{RESULTS_FILE}") as f:
         f.write(json.dumps(outcome.as_dict(), indent=1, default=str).encode())
-
-
-def load_outcome(target: StorageTarget, name: str) -> dict[str, Any] | None:
-    import pyarrow.fs as pafs
-
-    path = f"{target.run_path(name)}/{RESULTS_FILE}"
-    if target.filesystem.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with target.filesystem.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
