@@ -2,9 +2,13 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .builder import TrainingJob
+from .client import TrainingJobClient
+from .spec import Task
+
 try:
     __version__ = version("trainforge")
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+__all__ = ["Task", "TrainingJob", "TrainingJobClient", "__version__"]

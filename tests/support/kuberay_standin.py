@@ -8,7 +8,12 @@ fields trainforge reads (`jobStatus`, `jobDeploymentStatus`, `rayClusterName`, `
 `startTime`, `endTime`) the way KubeRay 1.x does; deleting a RayJob stops its process (SIGTERM,
 then SIGKILL after the pod's grace period) and deletes its pods.
 
-Not emulated: RayCluster objects, the submitter Job of K8sJobMode, autoscaling, retries
+K8sJobMode's submitter is stood in for by its pod alone (`<rayjob>-<5 chars>`, labelled
+`batch.kubernetes.io/job-name` / `job-name` as the Job controller labels it, owned by the RayJob):
+its log is the driver's output, appended as the process writes it, and it stays after the cluster
+is torn down, as KubeRay leaves the submitter Job until the RayJob goes.
+
+Not emulated: RayCluster objects, the submitter Job object itself, autoscaling, retries
 (the operator sets backoffLimit 0), suspend of the RayJob itself."""
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+
+
+class PodLog(Protocol):
+    def __call__(self, namespace: str, name: str, text: str, *, append: bool, finished: bool) -> None: ...
 
 
 def _now() -> str:
@@ -44,17 +53,22 @@ class Attempt:
     grace_s: float
     pods: list[str] = field(default_factory=list)
     finished: bool = False
+    submitter: str = ""
+    log_sent: int = 0
+    log_closed: bool = False
 
 
 class KubeRayStandIn:
     def __init__(self, api_client: Any, log_dir: Path, ray_address: str | None,
-                 extra_env: dict[str, str] | None = None, poll_s: float = 0.3) -> None:
+                 extra_env: dict[str, str] | None = None, poll_s: float = 0.3,
+                 pod_log: PodLog | None = None) -> None:
         from kubernetes import client
 
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.log_dir, self.ray_address, self.poll_s = log_dir, ray_address, poll_s
         self.extra_env = extra_env or {}
+        self.pod_log = pod_log
         self.attempts: dict[tuple[str, str], Attempt] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kuberay-standin", daemon=True)
@@ -91,6 +105,7 @@ class KubeRayStandIn:
                 self._start(rayjob)
             elif key in self.attempts:
                 self._watch(self.attempts[key])
+                self._pump_log(self.attempts[key])
         for key in list(self.attempts):
             if key not in present:
                 self._gone(self.attempts.pop(key))
@@ -111,6 +126,7 @@ class KubeRayStandIn:
         grace = float(head["spec"].get("terminationGracePeriodSeconds", 30))
         attempt = Attempt(meta["namespace"], meta["name"], cluster, process, log_path, grace)
         attempt.pods = self._create_pods(rayjob, cluster)
+        attempt.submitter = self._create_submitter(rayjob)
         self.attempts[(meta["namespace"], meta["name"])] = attempt
         self._patch(meta, {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"})
 
@@ -130,6 +146,20 @@ class KubeRayStandIn:
                                "reason": "AppFailed",
                                "message": f"Job entrypoint command failed with exit code {code}"})
         self._delete_pods(attempt)  # shutdownAfterJobFinishes: the cluster goes away
+
+    def _pump_log(self, attempt: Attempt) -> None:
+        """Append what the driver wrote since the last pass to the submitter pod's log."""
+        if self.pod_log is None or attempt.log_closed:
+            return
+        done = attempt.process.poll() is not None
+        with attempt.log_path.open("rb") as f:
+            f.seek(attempt.log_sent)
+            chunk = f.read()
+        attempt.log_sent += len(chunk)
+        if chunk or done:
+            self.pod_log(attempt.namespace, attempt.submitter, chunk.decode(errors="replace"), append=True,
+                         finished=done)
+        attempt.log_closed = done
 
     def _gone(self, attempt: Attempt) -> None:
         _terminate(attempt.process, attempt.grace_s)
@@ -195,6 +225,21 @@ class KubeRayStandIn:
                 self.core.create_namespaced_pod(rayjob["metadata"]["namespace"], pod)
                 names.append(name)
         return names
+
+    def _create_submitter(self, rayjob: dict[str, Any]) -> str:
+        meta = rayjob["metadata"]
+        name = f"{meta['name']}-{os.urandom(3).hex()[:5]}"
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob", "name": meta["name"], "uid": meta["uid"],
+                 "controller": True}
+        labels = {"batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"]}
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "ownerReferences": [owner]},
+               "spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "ray-job-submitter", "image": "rayproject/ray"}]}}
+        self.core.create_namespaced_pod(meta["namespace"], pod)
+        if self.pod_log is not None:
+            self.pod_log(meta["namespace"], name, "", append=False, finished=False)
+        return name
 
     def _delete_pods(self, attempt: Attempt, heads_only: bool = False) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -73,11 +73,13 @@ def test_version_and_help() -> None:
     result = CliRunner().invoke(cli, ["version"])
     assert result.output.strip() == f"trainforge {__version__} (trainforge.dev/v1alpha1)"
     help_text = CliRunner().invoke(cli, ["--help"]).output
-    for command in ("validate", "crd", "run", "submit", "status", "logs", "list", "delete", "suspend", "resume"):
+    for command in ("validate", "crd", "run", "submit", "status", "logs", "events", "list", "delete", "suspend",
+                    "resume", "checkpoints", "tune-results"):
         assert command in help_text
 
 
-def test_planned_commands_say_they_are_unavailable() -> None:
-    result = CliRunner().invoke(cli, ["submit", "job.yaml"])
-    assert result.exit_code == 2
-    assert "not available" in result.output
+def test_submit_of_a_missing_file_is_one_error_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["submit", str(tmp_path / "job.yaml"), "--backend", "local",
+                                      "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot read {tmp_path / 'job.yaml'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -282,6 +283,20 @@ def make_store(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:
 def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
                preempt_flag: Any = None, init_from: str | None = None) -> dict[str, Any]:
     world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
+    try:
+        return _fit(spec, world, run_dir, reporter, preempt_flag, init_from)
+    finally:
+        # The model (with DDP's reducer, which holds the process group) must be gone before the group
+        # is destroyed: freed after it, the reducer drops the group's last reference and gloo's
+        # destructor joins its threads holding the GIL while one of them waits for the GIL to free a
+        # finished work's tensors — a deadlock seen under torchrun at exit. _fit's frame is released
+        # on return; collect() reaps what cycles kept alive.
+        gc.collect()
+        dist.teardown_if_owned()
+
+
+def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter: Reporter | None,
+         preempt_flag: Any, init_from: str | None) -> dict[str, Any]:
     loop: Loop | None = None
     try:
         parts = build(spec, world)
@@ -295,7 +310,6 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
     finally:
         if loop is not None and loop.ckpt is not None:
             loop.ckpt.close()
-        dist.teardown_if_owned()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import click
 
 from .. import __version__
 from .ckpt_cmd import checkpoints
-from .planned import register_planned
+from .job_cmds import COMMANDS as JOB_COMMANDS
 from .run_cmd import run
 from .spec_cmds import crd, validate, version
 from .tune_cmd import tune_results
@@ -22,9 +22,10 @@ cli.add_command(validate)
 cli.add_command(crd)
 cli.add_command(version)
 cli.add_command(run)
+for command in JOB_COMMANDS:
+    cli.add_command(command)
 cli.add_command(checkpoints)
 cli.add_command(tune_results)
-register_planned(cli)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .console import err, out
+from .job_cmds import Target, storage_or_job_options
 
 _SHOWN_METRICS = ("val_loss", "val_accuracy")
 
@@ -24,9 +25,34 @@ _SHOWN_METRICS = ("val_loss", "val_accuracy")
 @click.option("--verify", "hashes", is_flag=True, help="Also check every file's SHA-256 (reads everything).")
 @click.option("--all", "show_all", is_flag=True, help="Include pruned checkpoints.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@storage_or_job_options
 def checkpoints(run: str, storage: str | None, endpoint: str | None, hashes: bool, show_all: bool,
-                output: str) -> None:
-    """List a run's checkpoints: step, metrics, size, validity. RUN is a run name or its directory/URI."""
+                output: str, target: Target) -> None:
+    """List a run's checkpoints: step, metrics, size, validity. RUN is a run name or its directory/URI.
+
+    With --backend, RUN is a submitted job's name, and its storage is found through the job
+    (spec.checkpoint.storage, or where its checkpoints went) instead of --storage."""
+    if target.explicit_backend:
+        if storage or endpoint or "/" in run:
+            raise click.UsageError("with --backend, RUN is a job name and its storage comes from the job: "
+                                   "drop --storage/--endpoint, or drop --backend to read storage directly")
+        entries, where = target.client().checkpoints(run, verify=hashes), f"job {run}"
+    else:
+        if target.namespace or target.context:
+            raise click.UsageError("-n/--context find a submitted job: add --backend kubernetes")
+        entries, where = _from_storage(run, storage, endpoint, hashes)
+    rows = [_row(e) for e in entries if show_all or (e.manifest is None or e.manifest.status != "pruned")]
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        err.print(f"no checkpoints under {escape(where)}")
+        sys.exit(1)
+    _print(rows)
+
+
+def _from_storage(run: str, storage: str | None, endpoint: str | None, hashes: bool) -> tuple[list[Any], str]:
+    """A run's checkpoints read straight from storage: RUN is a directory/URI, or a name under --storage."""
     from ..checkpoints import list_checkpoints, resolve_storage
     from ..local import default_storage
 
@@ -37,18 +63,10 @@ def checkpoints(run: str, storage: str | None, endpoint: str | None, hashes: boo
         else:
             target = resolve_storage(storage or default_storage(), endpoint)
             path = target.run_path(run)
-        entries = list_checkpoints(target.filesystem, path, hashes=hashes)
+        return list_checkpoints(target.filesystem, path, hashes=hashes), path
     except (OSError, RuntimeError) as exc:
         err.print(f"[red]error[/] cannot read {escape(run)}: {escape(str(exc))}")
         sys.exit(1)
-    rows = [_row(e) for e in entries if show_all or (e.manifest is None or e.manifest.status != "pruned")]
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        err.print(f"no checkpoints under {escape(path)}")
-        sys.exit(1)
-    _print(rows)
 
 
 def _row(entry: Any) -> dict[str, Any]:

@@ -140,11 +140,13 @@ class TrainingJobClient:
                 time.sleep(self.poll_s)  # its driver has not started yet
                 number -= 1
 
-    def checkpoints(self, name: str, verify: bool = False) -> list[CheckpointEntry]:
-        """The job's checkpoints on its storage, oldest first, each with its validity."""
+    def checkpoints(self, name: str, verify: bool = False, include_pruned: bool = False) -> list[CheckpointEntry]:
+        """The job's checkpoints on its storage, oldest first, each with its validity (`verify`
+        also checks every file's SHA-256). Pruned ones, kept only as a record, are left out."""
         job = self.get(name)
         target = job_storage(job, self.backend_name)
-        return list_checkpoints(target.filesystem, target.run_path(job.name), hashes=verify)
+        entries = list_checkpoints(target.filesystem, target.run_path(job.name), hashes=verify)
+        return [e for e in entries if include_pruned or e.manifest is None or e.manifest.status != "pruned"]
 
     def tune_results(self, name: str) -> dict[str, Any]:
         """A sweep's trials and best trial: the full table from storage when it can be read, else

@@ -23,6 +23,7 @@ from .types import JobEvent
 ROOT_ENV = "TRAINFORGE_LOCAL_ROOT"
 DEFAULT_ROOT = "trainforge-runs"
 FOLLOW_POLL_S = 0.2
+STOP_WAIT_S = 30.0
 
 
 class LocalBackend:
@@ -92,6 +93,8 @@ class LocalBackend:
             elif phase != "Suspended":
                 self._mark(jobdir, "Suspended", "Suspended", "suspended before an attempt started")
         elif job.spec.suspend or phase == "Suspended":
+            if pid is not None and phase == "Suspended":
+                pid = _wait_exit(jobdir, STOP_WAIT_S)  # it has written Suspended and is shutting down
             if pid is not None:
                 raise TrainforgeError(f"job {name} is still stopping (writing its checkpoint): resume it once "
                                       f"`trainforge status {name}` shows Suspended")
@@ -156,6 +159,14 @@ class LocalBackend:
 
         jobdir.patch_status(update)
         jobdir.event("Warning" if phase == "Failed" else "Normal", reason, message)
+
+
+def _wait_exit(jobdir: JobDir, timeout: float) -> int | None:
+    """The supervisor's pid if it still runs after `timeout` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while (pid := jobdir.supervisor_pid()) is not None and time.monotonic() < deadline:
+        time.sleep(FOLLOW_POLL_S)
+    return pid
 
 
 def _tail(path: Path, keep_following: Callable[[], bool]) -> Iterator[str]:

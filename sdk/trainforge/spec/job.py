@@ -220,3 +220,9 @@ class TrainingJob(SpecModel):
     @property
     def name(self) -> str:
         return self.metadata.name or ""
+
+    def to_yaml(self) -> str:
+        """The manifest as `kubectl apply -f` takes it: only what was set, defaults left implicit."""
+        from .yamlio import dumps
+
+        return dumps(self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True))

@@ -22,6 +22,12 @@ class Task(SpecModel):
     args: dict[str, Any] = Field(default_factory=dict)
     """Free-form keyword arguments passed to the task function."""
 
+    def __init__(self, entrypoint: str | None = None, /, **data: Any) -> None:
+        """`Task("pkg.module:build", args={...})` in Python; manifests validate without this."""
+        if entrypoint is not None:
+            data["entrypoint"] = entrypoint
+        super().__init__(**data)
+
     @field_validator("entrypoint")
     @classmethod
     def _entrypoint_form(cls, value: str) -> str:

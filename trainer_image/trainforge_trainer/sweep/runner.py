@@ -23,7 +23,6 @@ from .space import param_space, plain
 from .trial import run_trial, trials_target
 
 
-
 @dataclass
 class TrialRow:
     trial: str
