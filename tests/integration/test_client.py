@@ -24,7 +24,8 @@ OPERATOR = "trainforge_operator.handlers"
 
 
 @pytest.fixture(params=["kubernetes", "local"])
-def client(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TrainingJobClient]:
+def client(request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[TrainingJobClient]:
     import ray
 
     address = ray.get_runtime_context().gcs_address

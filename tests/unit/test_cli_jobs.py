@@ -16,13 +16,14 @@ import kubernetes.config
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from trainforge.checkpoints import list_checkpoints, prune
 from trainforge.cli import cli, job_cmds
 from trainforge.spec.yamlio import dumps
 
 from tests.support.kube import Kube, serve
 from tests.support.kube_emulator import StatefulEmulator
 from tests.unit.manifests import manifest
-from tests.unit.test_checkpoint_format import make_checkpoint
+from tests.unit.test_checkpoint_format import LOCAL, make_checkpoint
 
 API = "trainforge.dev/v1alpha1"
 T0 = "2024-05-01T12:00:00Z"
@@ -282,12 +283,15 @@ def test_suspend_resume_and_delete(kube: Kube) -> None:
 
 def test_checkpoints_through_the_job_find_its_storage(kube: Kube, tmp_path: Path) -> None:
     storage = tmp_path / "store"
-    for step in (5, 10):
+    for step in (5, 10, 15):
         make_checkpoint(storage / "digits", f"checkpoint_{step}", step)
+    prune(LOCAL, list_checkpoints(LOCAL, str(storage / "digits"))[0])
     kube.create(job_doc(checkpoint={"storage": str(storage)}))
     result = invoke("checkpoints", "digits", "--backend", "kubernetes", "-o", "json")
     assert result.exit_code == 0, result.output
-    assert [(r["step"], r["valid"]) for r in json.loads(result.stdout)] == [(5, True), (10, True)]
+    assert [(r["step"], r["valid"]) for r in json.loads(result.stdout)] == [(10, True), (15, True)]
+    listed = invoke("checkpoints", "digits", "--backend", "kubernetes", "--all", "-o", "json")
+    assert [r["status"] for r in json.loads(listed.stdout)] == ["pruned", "complete", "complete"]
 
     mixed = invoke("checkpoints", "digits", "--backend", "kubernetes", "--storage", str(storage))
     assert mixed.exit_code == 2 and "drop --storage" in mixed.output

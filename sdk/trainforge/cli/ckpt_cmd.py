@@ -36,7 +36,8 @@ def checkpoints(run: str, storage: str | None, endpoint: str | None, hashes: boo
         if storage or endpoint or "/" in run:
             raise click.UsageError("with --backend, RUN is a job name and its storage comes from the job: "
                                    "drop --storage/--endpoint, or drop --backend to read storage directly")
-        entries, where = target.client().checkpoints(run, verify=hashes), f"job {run}"
+        entries = target.client().checkpoints(run, verify=hashes, include_pruned=True)  # --all filters below
+        where = f"job {run}"
     else:
         if target.namespace or target.context:
             raise click.UsageError("-n/--context find a submitted job: add --backend kubernetes")

@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 from click.core import ParameterSource
 from rich.markup import escape
 
 from ..client import LogsUnavailable, TrainforgeError, TrainingJobClient, WaitTimeout
+from ..client.client import BackendName
 from ..spec import SpecValidationError, TrainingJob
 from ..spec.status import PHASES, TERMINAL_PHASES
 from . import job_view as view
@@ -37,7 +38,7 @@ _OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json", "yam
 class Target:
     """Where the jobs are: the backend and its location options, as given on the command line."""
 
-    backend: str
+    backend: BackendName
     namespace: str | None
     context: str | None
     root: str | None
@@ -45,8 +46,7 @@ class Target:
     """--backend was on the command line (not the default or $TRAINFORGE_BACKEND)."""
 
     def client(self) -> TrainingJobClient:
-        return TrainingJobClient(self.backend, self.namespace, self.context, root=self.root,  # type: ignore[arg-type]
-                                 poll_s=POLL_S)
+        return TrainingJobClient(self.backend, self.namespace, self.context, root=self.root, poll_s=POLL_S)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -68,7 +68,7 @@ _BACKEND = click.option(
     show_envvar=True, help="kubernetes: the cluster of your kubeconfig; local: background processes on this machine.")
 _BACKEND_SWITCH = click.option(
     "--backend", type=click.Choice(BACKENDS),
-    help="Find NAME as a submitted job on this backend and read its storage (instead of --storage).")
+    help="Treat the argument as a submitted job on this backend; read its own storage (not --storage).")
 _LOCATION = (
     click.option("--namespace", "-n", help="Namespace (default: the kubeconfig context's, else default)."),
     click.option("--context", help="kubeconfig context (default: the current one)."),
@@ -84,7 +84,8 @@ def _with_target(backend_option: Callable[[Any], Any]) -> Callable[[Callable[...
                     root: str | None, **kwargs: Any) -> None:
             explicit = click.get_current_context().get_parameter_source("backend") is ParameterSource.COMMANDLINE
             with reported_errors():
-                fn(*args, target=Target(backend or "kubernetes", namespace, context, root, explicit), **kwargs)
+                backend_name = cast(BackendName, backend or "kubernetes")  # click.Choice checked it
+                fn(*args, target=Target(backend_name, namespace, context, root, explicit), **kwargs)
 
         for option in reversed((backend_option, *_LOCATION)):
             wrapper = option(wrapper)

@@ -122,23 +122,25 @@ class TrainingJobClient:
         return rank_lines(lines, rank) if rank is not None else lines
 
     def _later_attempts(self, name: str, first: int, lines: Iterator[str]) -> Iterator[str]:
+        """After the followed attempt ends: each later attempt's log, until the job stops."""
         yield from lines
-        number = first
+        shown = first
         while True:
             job = self.get(name)
-            status = job.status
-            if status is None or status.attempt <= number:
-                if _phase(job) in TERMINAL_PHASES or _phase(job) == "Suspended":
-                    return
-                time.sleep(self.poll_s)
-                continue
-            number = status.attempt
-            yield f"--- attempt {number} ---"
-            try:
-                yield from self._backend.attempt_log(job, number, True)
-            except LogsUnavailable:
-                time.sleep(self.poll_s)  # its driver has not started yet
-                number -= 1
+            latest = job.status.attempt if job.status else 0
+            if latest > shown:
+                try:
+                    later = self._backend.attempt_log(job, latest, True)
+                except LogsUnavailable:  # its driver has not started (or never will: checked next pass)
+                    later = None
+                if later is not None:
+                    shown = latest
+                    yield f"--- attempt {latest} ---"
+                    yield from later
+                    continue
+            if _phase(job) in TERMINAL_PHASES or _phase(job) == "Suspended":
+                return
+            time.sleep(self.poll_s)
 
     def checkpoints(self, name: str, verify: bool = False, include_pruned: bool = False) -> list[CheckpointEntry]:
         """The job's checkpoints on its storage, oldest first, each with its validity (`verify`

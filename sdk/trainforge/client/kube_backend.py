@@ -168,11 +168,12 @@ def _connect(context: str | None) -> tuple[Any, str]:
 
     from kubernetes import config
 
+    path = os.environ.get("KUBECONFIG") or None  # read now: the client reads it once, at its import
     try:
-        client = config.new_client_from_config(context=context)
-        _, active = config.list_kube_config_contexts()
+        client = config.new_client_from_config(config_file=path, context=context)
+        contexts, active = config.list_kube_config_contexts(config_file=path)
         if context:
-            active = next(c for c in config.list_kube_config_contexts()[0] if c["name"] == context)
+            active = next(c for c in contexts if c["name"] == context)
         return client, (active.get("context") or {}).get("namespace") or "default"
     except (config.ConfigException, StopIteration, OSError) as exc:
         if context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -187,6 +188,8 @@ def _connect(context: str | None) -> tuple[Any, str]:
 
 
 def _lines(response: Any) -> Iterator[str]:
+    import urllib3
+
     buffer = b""
     try:
         for chunk in response.stream(4096, decode_content=True):
@@ -194,10 +197,12 @@ def _lines(response: Any) -> Iterator[str]:
             *complete, buffer = buffer.split(b"\n")
             for line in complete:
                 yield line.decode(errors="replace")
-        if buffer:
-            yield buffer.decode(errors="replace")
+    except urllib3.exceptions.HTTPError as exc:  # the stream broke off: say so, as kubectl does
+        raise LogsUnavailable(f"the log stream was cut ({_reason(exc)}); run the command again to go on") from None
     finally:
         response.release_conn()
+    if buffer:
+        yield buffer.decode(errors="replace")
 
 
 def _event(e: Any) -> JobEvent:
