@@ -4,6 +4,8 @@ DDP all-reduces once per optimizer step, and the tiny GPT learns."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +21,27 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 def torchrun(nproc: int, args: list[str], tmp_path: Path) -> list[dict[str, Any]]:
     cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    errors = [ln for ln in done.stderr.splitlines() if "Error" in ln or "[rank" in ln]
-    assert done.returncode == 0, "\n".join(errors[-30:]) or done.stderr[-4000:]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # a hang: show where every process of the run stands
+        stacks = py_stacks(process.pid)
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun hung; stacks:\n{stacks}\nstderr:\n{stderr[-3000:]}")
+    errors = [ln for ln in stderr.splitlines() if "Error" in ln or "[rank" in ln]
+    assert process.returncode == 0, "\n".join(errors[-30:]) or stderr[-4000:]
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def py_stacks(session: int) -> str:
+    """py-spy dumps (Ray's [default] extra brings py-spy) of every process in the session."""
+    pids = subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True).stdout.split()
+    spy = Path(sys.executable).parent / "py-spy"
+    dumps = [subprocess.run([str(spy), "dump", "--native", "--pid", pid], capture_output=True, text=True,
+                            timeout=30).stdout for pid in pids if spy.exists()]
+    return "\n".join(dumps) or f"(no py-spy; processes {pids})"
 
 
 def job_file(tmp_path: Path, name: str, **spec: Any) -> Path:
