@@ -45,6 +45,8 @@ class StatusCallback(UserCallback):
         self.preempt_flag = preempt_flag
         self.latest: str | None = None
         self.asked_to_stop = False
+        self.metrics: dict[str, Any] = {}
+        """Every metric's newest value: a rate-limited write must not show the loss of its first report."""
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         report = metrics[0] if metrics else {}
@@ -52,12 +54,13 @@ class StatusCallback(UserCallback):
             log.warning("resumed from step %s (checkpoint %s)", report["resumed_step"], report.get("resumed_from"))
         if "step" not in report:  # an event (resumed, skipped checkpoints), not progress
             return
+        self.metrics.update(report)
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
             self.best.offer(self.latest, int(report.get("step", 0)), report)
         if not self.limiter.ready(force=checkpoint is not None or bool(report.get("done"))):
             return
-        self.writer.patch(progress_patch(report, self.latest, self.best.best))
+        self.writer.patch(progress_patch(self.metrics, self.latest, self.best.best))
         if self.writer.suspend_requested and self.preempt_flag is not None and not self.asked_to_stop:
             log.warning("the TrainingJob asks to be suspended: checkpointing and stopping")
             self.preempt_flag.set.remote()

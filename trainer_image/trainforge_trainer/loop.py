@@ -331,5 +331,8 @@ def announce_rank() -> None:
     import ray.train
 
     ctx = ray.train.get_context()
-    print(RANK_ANNOUNCEMENT.format(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                                   host=socket.gethostname(), pid=os.getpid()), flush=True)
+    line = RANK_ANNOUNCEMENT.format(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                                    host=socket.gethostname(), pid=os.getpid())
+    # Straight to fd 1: Ray Train copies print() into its logger, whose stderr handler would show
+    # the line twice in the driver log.
+    os.write(1, f"{line}\n".encode())

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     jobdir = JobDir(Path(args[0]))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # dedup would merge ranks' lines: `logs --rank` needs them all
+    os.environ.setdefault("TRAINFORGE_STATUS_INTERVAL_S", "1")  # a local file write is cheap
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
