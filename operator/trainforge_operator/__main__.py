@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 from typing import Any
 
 HEALTH_PATH = "/healthz"
@@ -21,7 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ha.add_argument("--standalone", action="store_true", help="no peering: the only operator instance")
     ha.add_argument("--peering", default=env.get("TRAINFORGE_PEERING"),
                     help="kopf peering object shared by replicas (only the highest priority one acts)")
-    parser.add_argument("--priority", type=int, default=int(env.get("TRAINFORGE_PRIORITY", "0")))
+    parser.add_argument("--priority", type=int, default=int(env["TRAINFORGE_PRIORITY"]) if env.get(
+        "TRAINFORGE_PRIORITY") else None, help="peering priority (default: random, so that replicas of one "
+        "Deployment differ: kopf freezes peers of equal priority)")
     parser.add_argument("--health-port", type=int, default=int(env.get("TRAINFORGE_HEALTH_PORT", "8080")),
                         help=f"liveness endpoint http://0.0.0.0:PORT{HEALTH_PATH} (0: off)")
     parser.add_argument("--metrics-port", type=int, default=int(env.get("TRAINFORGE_METRICS_PORT", "8081")),
@@ -40,7 +43,8 @@ def run_kwargs(args: argparse.Namespace, watch_env: str = "") -> dict[str, Any]:
     if args.standalone or not args.peering:
         kwargs["standalone"] = True
     else:
-        kwargs.update(peering_name=args.peering, priority=args.priority)
+        priority = args.priority if args.priority is not None else random.randint(1, 2**31 - 1)
+        kwargs.update(peering_name=args.peering, priority=priority)
     if args.health_port:
         kwargs["liveness_endpoint"] = f"http://0.0.0.0:{args.health_port}{HEALTH_PATH}"
     return kwargs

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from trainforge import __version__
 from trainforge.spec import API_GROUP, API_VERSION
 
 from .observed import Observed
@@ -18,6 +19,7 @@ VERSION = API_VERSION.split("/")[1]
 PLURAL = "trainingjobs"
 RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
 RAYJOBS = "rayjobs"
+USER_AGENT = f"trainforge-operator/{__version__}"
 
 
 class Kube:
@@ -33,6 +35,8 @@ class Kube:
             except config.ConfigException:
                 config.load_kube_config()
             api_client = client.ApiClient()
+            # Names this client in audit logs (and lets the tests check its calls against the chart's RBAC).
+            api_client.user_agent = USER_AGENT
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
 

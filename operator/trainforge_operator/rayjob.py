@@ -178,8 +178,10 @@ def pod_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapp
     }
     if volumes:
         pod["volumes"] = volumes
-    if spec.service_account_name:
-        pod["serviceAccountName"] = spec.service_account_name
+    # The trainer on the head patches the job's status: its account needs the chart's trainer Role.
+    account = spec.service_account_name or settings.trainer_service_account
+    if account:
+        pod["serviceAccountName"] = account
     # Pod labels let the operator and users find an attempt's pods (KubeRay adds the ray.io/* ones).
     return {"metadata": {"labels": dict(labels)}, "spec": pod}
 

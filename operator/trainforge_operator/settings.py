@@ -39,6 +39,9 @@ class OperatorSettings:
     """How often a job is looked at when nothing happens (head loss, deadlines, TTL)."""
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     """Namespaces watched; empty means all."""
+    trainer_service_account: str | None = None
+    """ServiceAccount of RayJob pods whose spec.serviceAccountName is unset (the chart's trainer
+    account, bound in each job namespace to the Role that may patch trainingjobs/status)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
@@ -57,4 +60,5 @@ class OperatorSettings:
             suspend_grace_s=float(env.get("TRAINFORGE_SUSPEND_GRACE_S", "120")),
             resync_s=float(env.get("TRAINFORGE_RESYNC_S", "10")),
             namespaces=tuple(n.strip() for n in namespaces),
+            trainer_service_account=env.get("TRAINFORGE_TRAINER_SERVICE_ACCOUNT") or None,
         )

@@ -16,6 +16,7 @@ from trainforge import Task, TrainingJob, TrainingJobClient
 from trainforge.checkpoints import list_checkpoints, resolve_storage
 from trainforge.client import JobNotFound, LogsUnavailable
 
+from tests.support.chart import refused, render
 from tests.support.kube import Kube, run_operator
 from tests.support.kuberay_standin import KubeRayStandIn
 
@@ -39,6 +40,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path,
                         pod_log=kube.set_pod_log) as standin, run_operator(kube, module=OPERATOR):
         yield TrainingJobClient(backend="kubernetes", namespace="default", poll_s=0.3)
     assert not standin.errors, standin.errors
+    assert not refused(kube.requests, render()), "the chart's RBAC would refuse these calls"
 
 
 def digits(name: str, storage: Path, pause_s: float = 0.0, **spec: Any) -> TrainingJob:

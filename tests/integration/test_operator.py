@@ -16,6 +16,8 @@ from tests.support.kube import Kube, KubeApiError, run_operator
 from tests.unit.manifests import MALFORMED, manifest
 
 MODULE = "trainforge_operator.handlers"
+# The chart's RBAC allows every call the operator makes here.
+pytestmark = pytest.mark.usefixtures("rbac_checked")
 TJ, RAY = "trainforge.dev/v1alpha1", "ray.io/v1"
 
 
@@ -208,7 +210,8 @@ def test_the_operator_command_serves_health_and_metrics_and_reconciles(kube: Kub
                 return resp.read().decode()
 
         kube.wait_for(lambda: get(ports[0], "/healthz"), 10, "/healthz")
-        assert "trainforge_attempts_total 1.0" in get(ports[1], "/metrics")
+        # The counter moves just after the RayJob is created: wait for it rather than race it.
+        kube.wait_for(lambda: "trainforge_attempts_total 1.0" in get(ports[1], "/metrics"), 10, "/metrics")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

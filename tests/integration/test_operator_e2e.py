@@ -18,7 +18,7 @@ from tests.support.kube import Kube, run_operator
 from tests.support.kuberay_standin import Attempt, KubeRayStandIn
 from tests.unit.manifests import manifest
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.usefixtures("ray_session", "rbac_checked")
 MODULE = "trainforge_operator.handlers"
 TJ = "trainforge.dev/v1alpha1"
 

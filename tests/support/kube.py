@@ -50,7 +50,7 @@ from tests.support.kube_emulator import ApiCall, StatefulEmulator
 T = TypeVar("T")
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
-TRAINFORGE_CRDS = ROOT / "charts" / "trainforge" / "crds"
+TRAINFORGE_CRDS = ROOT / "charts" / "trainforge" / "files"
 KUBERAY_CRDS_ENV = "TRAINFORGE_KUBERAY_CRDS"
 TEST_USER_AGENT = "trainforge-tests"
 """The tests' own calls carry it, so that ``Kube.requests`` tells them from the operator's."""

@@ -8,7 +8,7 @@ from typing import Any
 from trainforge.spec.crd import crd_manifest, crd_yaml
 from trainforge.spec.yamlio import loads_all
 
-CRD_PATH = Path("charts/trainforge/crds/trainingjobs.trainforge.dev.yaml")
+CRD_PATH = Path("charts/trainforge/files/trainingjobs.trainforge.dev.yaml")
 # The only places where anything goes: the task's own arguments, the values a sweep substitutes
 # (typed like whatever path they target) and the best trial's config that echoes them.
 FREE_FORM_ALLOWED = {

@@ -30,3 +30,14 @@ def test_settings_from_env() -> None:
 
 def test_operator_and_trainer_agree_on_the_payload_variable() -> None:
     assert run.SPEC_ENV == SPEC_ENV  # two images, one contract
+
+
+def test_peering_replicas_get_distinct_random_priorities_unless_one_is_given() -> None:
+    priorities = {run_kwargs(parse_args(["--peering", "tf"]))["priority"] for _ in range(20)}
+    assert len(priorities) > 15 and all(p > 0 for p in priorities)  # equal priorities would freeze kopf
+
+
+def test_the_trainer_service_account_comes_from_the_env() -> None:
+    assert OperatorSettings.from_env({"TRAINFORGE_TRAINER_SERVICE_ACCOUNT": "tf-trainer"}).trainer_service_account \
+        == "tf-trainer"
+    assert OperatorSettings.from_env({}).trainer_service_account is None

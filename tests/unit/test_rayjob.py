@@ -359,3 +359,18 @@ def test_user_env_overrides_storage_env_but_not_the_payload() -> None:
     assert head["AWS_REGION"]["value"] == "us-east-2"
     assert json.loads(head[SPEC_ENV]["value"])["name"] == "digits"
     assert env_of(workers_of(rayjob))["AWS_REGION"]["value"] == "us-east-2"
+
+
+def test_pods_default_to_the_operators_trainer_account_which_a_job_can_override() -> None:
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, trainer_service_account="trainforge-trainer")
+    body = body_of()
+    default = build_rayjob(body, parse_job(body).spec, 1, settings)
+    own = build_rayjob(body_of(serviceAccountName="mine"), parse_job(body_of(serviceAccountName="mine")).spec, 1,
+                       settings)
+    for rayjob, account in ((default, "trainforge-trainer"), (own, "mine")):
+        cluster = rayjob["spec"]["rayClusterSpec"]
+        pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        assert {p["template"]["spec"]["serviceAccountName"] for p in pods} == {account}
+    assert "serviceAccountName" not in head_of(build())["template"]["spec"]

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from trainforge import __version__
 from trainforge.spec import API_GROUP, API_VERSION
 
 log = logging.getLogger("trainforge.status")
 PLURAL = "trainingjobs"
+USER_AGENT = f"trainforge-trainer/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class StatusWriter:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config(config_file=self.kubeconfig)
-            self._api = client.CustomObjectsApi()
+            api = client.ApiClient()
+            api.user_agent = USER_AGENT  # names the trainer in audit logs
+            self._api = client.CustomObjectsApi(api)
         return self._api
 
 

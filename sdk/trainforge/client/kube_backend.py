@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from .. import __version__
 from ..spec import API_GROUP, TrainingJob, TrainingJobSpec, TrainingJobStatus
 from ..spec.job import ObjectMeta
 from .errors import (
@@ -39,6 +40,7 @@ class KubeBackend:
         default_ns = "default"
         if api_client is None:
             api_client, default_ns = _connect(context)
+            api_client.user_agent = f"trainforge-sdk/{__version__}"
         self.namespace = namespace or default_ns
         self.context = context
         self.custom = client.CustomObjectsApi(api_client)

@@ -1,0 +1,142 @@
+"""The Helm chart, rendered by the real Helm binary: lint, Kubernetes schemas, values schema, RBAC."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from trainforge.spec.yamlio import loads_all
+
+from tests.support.chart import CHART, ChartError, find, helm, operator_rules, render, trainer_rules
+from tests.support.kube_rules import draft4
+
+K8S_VERSION = "1.32"
+# Kinds whose schema is a CRD, not Kubernetes': checked separately (ours) or left to their operator.
+CUSTOM_KINDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfPeering"}
+COMBOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"], "trainer": {"defaultStorage": "s3://ckpt/runs",
+                                                                      "defaultEndpoint": "http://minio:9000"}},
+    "ha-monitored": {"operator": {"replicas": 2, "podAnnotations": {"a": "b"}, "priorityClassName": "high"},
+                     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "bring-your-own": {
+        "crds": {"install": False}, "metrics": {"enabled": False},
+        "serviceAccount": {"create": False, "name": "ops"}, "trainer": {"serviceAccount": {"create": False}},
+        "operator": {"image": {"repository": "registry.example/tf-operator", "tag": "9.9", "pullPolicy": "Always"},
+                     "nodeSelector": {"pool": "system"},
+                     "tolerations": [{"key": "system", "operator": "Exists", "effect": "NoSchedule"}],
+                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                         "nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": "pool", "operator": "In", "values": ["system"]}]}]}}}},
+    },
+}
+
+
+def _values_file(tmp_path: Path, values: dict[str, Any]) -> str:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+@pytest.mark.parametrize("combo", sorted(COMBOS))
+def test_helm_lint_strict_passes(combo: str, tmp_path: Path) -> None:
+    done = helm("lint", "--strict", str(CHART), "-f", _values_file(tmp_path, COMBOS[combo]))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("combo", sorted(COMBOS))
+def test_rendered_manifests_validate_against_the_kubernetes_schemas(combo: str) -> None:
+    docs = render(COMBOS[combo])
+    assert find(docs, "Deployment") and find(docs, "ClusterRole")
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
+
+
+def test_the_rendered_crd_is_the_generated_one_and_takes_the_examples(repo_root: Path) -> None:
+    (crd,) = find(render(), "CustomResourceDefinition", "trainingjobs.trainforge.dev")
+    generated = yaml.safe_load((CHART / "files" / "trainingjobs.trainforge.dev.yaml").read_text())
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["spec"] == generated["spec"]
+    schema = draft4(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    examples = sorted((repo_root / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        for doc in loads_all(path.read_text()):
+            jsonschema.Draft4Validator(schema).validate(doc)
+    assert not find(render({"crds": {"install": False}}), "CustomResourceDefinition")
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"operator": {"replicas": 0}}, "operator.replicas"),
+    ({"operator": {"logFormat": "xml"}}, "operator.logFormat"),
+    ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "operator.image.pullPolicy"),
+    ({"watchNamespaces": ["Team_A"]}, "watchNamespaces.0"),
+    ({"trainer": {"defaultStorage": "my-bucket/runs"}}, "trainer.defaultStorage"),
+    ({"metrics": {"port": 70000}}, "metrics.port"),
+    ({"replicas": 2}, "additional properties 'replicas' not allowed"),
+])
+def test_values_schema_rejects_bad_values(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(ChartError, match="values don't meet the specifications of the schema") as err:
+        render(values)
+    assert field.replace(".", "/") in str(err.value) or field in str(err.value), str(err.value)
+
+
+def test_the_operator_pod_is_locked_down_and_probed() -> None:
+    (deploy,) = find(render(), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    ctx = container["securityContext"]
+    assert ctx == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["readinessProbe"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # the only writable path
+    assert "--standalone" in container["args"] and "--all-namespaces" in container["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TRAINFORGE_TRAINER_IMAGE"] == "ghcr.io/trainforge/trainer:0.1.0"
+    assert env["TRAINFORGE_TRAINER_SERVICE_ACCOUNT"] == "trainforge-trainer"
+
+
+def test_more_replicas_elect_a_leader_through_kopf_peering() -> None:
+    docs = render({"operator": {"replicas": 3}})
+    (container,) = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "--peering=tf-trainforge" in container["args"] and "--standalone" not in container["args"]
+    (peering,) = find(docs, "ClusterKopfPeering")
+    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
+            "verbs": ["get", "list", "watch", "patch"]} in operator_rules(docs)
+
+
+def test_namespaced_mode_grants_jobs_only_in_the_watched_namespaces() -> None:
+    docs = render({"watchNamespaces": ["team-a", "team-b"]})
+    cluster_resources = {r for rule in operator_rules(docs) for r in rule["resources"]}
+    assert cluster_resources == {"customresourcedefinitions", "namespaces"}
+    roles = find(docs, "Role", "tf-trainforge-operator")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    trainer_namespaces = sorted(r["metadata"]["namespace"] for r in find(docs, "Role", "trainforge-trainer"))
+    assert trainer_namespaces == ["team-a", "team-b"]
+    (container,) = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=team-a" in container["args"] and "--all-namespaces" not in container["args"]
+
+
+def documented_rules(readme: Path, title: str) -> list[dict[str, Any]]:
+    """The rules a README YAML block titled `# <title>` lists."""
+    for block in re.findall(r"```yaml\n(.*?)```", readme.read_text(), re.S):
+        if block.startswith(f"# {title}\n"):
+            return yaml.safe_load(block)["rules"]
+    raise AssertionError(f"README has no ```yaml block starting with '# {title}'")
+
+
+def test_the_roles_grant_exactly_what_the_readme_documents(repo_root: Path) -> None:
+    docs = render()
+    assert operator_rules(docs) == documented_rules(repo_root / "README.md", "operator ClusterRole")
+    assert trainer_rules(docs) == documented_rules(repo_root / "README.md", "trainer Role")
