@@ -140,3 +140,18 @@ def test_the_roles_grant_exactly_what_the_readme_documents(repo_root: Path) -> N
     docs = render()
     assert operator_rules(docs) == documented_rules(repo_root / "README.md", "operator ClusterRole")
     assert trainer_rules(docs) == documented_rules(repo_root / "README.md", "trainer Role")
+
+
+def notes(*args: str) -> str:
+    done = helm("install", "tf", str(CHART), "-n", "ml", "--dry-run=client", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_warn_when_kuberay_is_missing_and_show_a_first_job() -> None:
+    missing = notes()
+    assert "WARNING: KubeRay is not installed" in missing and "helm install kuberay-operator" in missing
+    assert "kubectl apply -n ml -f examples/digits-ddp.yaml" in missing
+    # On a cluster serving ray.io/v1 RayJob the warning is left out (.Capabilities; `--dry-run=client`
+    # cannot be told of extra API versions, so that branch is not rendered here).
+    assert "--set" not in missing and "rollout status deployment/tf-trainforge-operator" in missing
