@@ -50,25 +50,38 @@ def digits(name: str, storage: Path, pause_s: float = 0.0, **spec: Any) -> Train
                        checkpoint={"storage": str(storage), "everySteps": 5, "keep": 2}, **spec)
 
 
-def test_submit_wait_logs_list_events_checkpoints_delete(client: TrainingJobClient, tmp_path: Path) -> None:
-    name = client.submit(digits("digits", tmp_path / "ckpt", max_steps=15))
+def test_submit_follow_suspend_resume_list_events_checkpoints_delete(client: TrainingJobClient,
+                                                                     tmp_path: Path) -> None:
+    """One job's whole life through the SDK (two Ray Train runs: each costs ~25 s of start-up on CI)."""
+    name = client.submit(digits("digits", tmp_path / "ckpt", pause_s=0.05, max_steps=30))
     started = client.wait(name, until={"Running", "Succeeded", "Failed"}, timeout=60)
     assert started.status is not None and started.status.attempt == 1
     followed: list[str] = []
     follower = threading.Thread(target=lambda: followed.extend(client.logs(name, follow=True)), daemon=True)
     follower.start()
+    with pytest.raises(LogsUnavailable, match=r"attempts 1\.\.1"):
+        client.logs(name, attempt=2)
 
+    _wait_for(lambda: (s := client.get(name).status) is not None and s.latest_checkpoint, 180, "a first checkpoint")
+    client.suspend(name)
+    suspended = client.wait(name, until={"Suspended", "Succeeded", "Failed"}, timeout=120)
+    assert suspended.status is not None and suspended.status.phase == "Suspended", suspended.status
+    assert suspended.status.preemptions == 0 and suspended.status.restarts == 0
+    follower.join(60)  # a followed log ends when the job stops: here, suspended
+    assert not follower.is_alive(), "logs(follow=True) did not end when the job was suspended"
+    text = "\n".join(followed)
+    assert "trainforge worker rank=0" in text and "trainforge worker rank=1" in text, text[-3000:]
+    assert "attempt 1 preempted" in text, text[-3000:]
+
+    client.resume(name)
     seen: list[Any] = []
     final = client.wait(name, timeout=240, on_progress=lambda job: seen.append(job.status.progress))
     assert final.status is not None and final.status.phase == "Succeeded", final.status
-    assert final.status.progress is not None and final.status.progress.step == 15
+    assert final.status.attempt == 2 and final.status.progress is not None and final.status.progress.step == 30
     assert any(p is not None for p in seen) and final.status.latest_checkpoint
 
-    follower.join(60)
-    assert not follower.is_alive(), "logs(follow=True) did not end with the job"
-    text = "\n".join(followed)
-    assert "trainforge worker rank=0" in text and "trainforge worker rank=1" in text, text[-3000:]
-    assert "attempt 1 succeeded" in text
+    second = "\n".join(client.logs(name, attempt=2))
+    assert "resumed from step" in second and "attempt 2 succeeded" in second, second[-3000:]
     rank1 = list(client.logs(name, rank=1))
     assert rank1 and rank1[0].startswith("trainforge worker rank=1 ")
     assert not any("rank=0" in line for line in rank1)
@@ -79,7 +92,7 @@ def test_submit_wait_logs_list_events_checkpoints_delete(client: TrainingJobClie
     reasons = [e.reason for e in client.events(name)]
     assert "AttemptStarted" in reasons or "AttemptCreated" in reasons, reasons
     checkpoints = client.checkpoints(name)
-    assert checkpoints and checkpoints[-1].step == 15 and all(c.verdict.valid for c in checkpoints)
+    assert checkpoints and checkpoints[-1].step == 30 and all(c.verdict.valid for c in checkpoints)
 
     client.delete(name, wait=True, timeout=60)
     with pytest.raises(JobNotFound):
@@ -88,26 +101,6 @@ def test_submit_wait_logs_list_events_checkpoints_delete(client: TrainingJobClie
         client.logs(name)
     target = resolve_storage(str(tmp_path / "ckpt"))
     assert list_checkpoints(target.filesystem, target.run_path(name)), "deleting a job keeps its checkpoints"
-
-
-def test_suspend_then_resume_continues_from_the_checkpoint(client: TrainingJobClient, tmp_path: Path) -> None:
-    name = client.submit(digits("pausable", tmp_path / "ckpt", pause_s=0.05, max_steps=40))
-    client.wait(name, until={"Running"}, timeout=60)
-    with pytest.raises(LogsUnavailable):
-        client.logs(name, attempt=2)
-    _wait_for(lambda: (s := client.get(name).status) is not None and s.latest_checkpoint, 180, "a first checkpoint")
-
-    client.suspend(name)
-    suspended = client.wait(name, until={"Suspended", "Succeeded", "Failed"}, timeout=120)
-    assert suspended.status is not None and suspended.status.phase == "Suspended", suspended.status
-    assert suspended.status.preemptions == 0 and suspended.status.restarts == 0
-
-    client.resume(name)
-    final = client.wait(name, timeout=240)
-    assert final.status is not None and final.status.phase == "Succeeded", final.status
-    assert final.status.attempt == 2 and final.status.progress is not None and final.status.progress.step == 40
-    second = "\n".join(client.logs(name, attempt=2))
-    assert "resumed from step" in second, second[-3000:]
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> Any:

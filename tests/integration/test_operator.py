@@ -84,6 +84,8 @@ def rayjobs(kube: Kube) -> list[str]:
 
 def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
     with run_operator(kube, module=MODULE) as run:
+        # The registry lives as long as the test process: count from here (other tests ran operators too).
+        attempts_before = run.module.metrics.REGISTRY.get_sample_value("trainforge_attempts_total") or 0.0
         created = kube.create(job_doc(workers=2, gpusPerWorker=0))
         rj = rayjob(kube, 1)
         owner = rj["metadata"]["ownerReferences"][0]
@@ -106,7 +108,8 @@ def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
         assert st["completionTime"] and st["restarts"] == 0
         kube.wait_for(lambda: {"Created", "AttemptCreated", "Running", "Succeeded"} <= set(events(kube)), 5, "events")
         metrics = generate_latest(run.module.metrics.REGISTRY).decode()
-        assert "trainforge_attempts_total 1.0" in metrics and 'trainforge_jobs{phase="Succeeded"} 1.0' in metrics
+        assert run.module.metrics.REGISTRY.get_sample_value("trainforge_attempts_total") == attempts_before + 1
+        assert 'trainforge_jobs{phase="Succeeded"} 1.0' in metrics
         assert "trainforge_reconcile_seconds_count" in metrics
 
 
