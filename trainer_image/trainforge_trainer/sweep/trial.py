@@ -48,3 +48,29 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: Stor
     trainer = make_trainer(spec, trial_id, trials,
                            [ForwardEvaluations(sweep_spec.tune.metric), RetentionCallback(spec.checkpoint)])
     trainer.fit()
+    wait_for_forwarded_reports()
+
+
+REPORT_DRAIN_TIMEOUT_S = 60.0
+REPORT_HANDOFF_S = 0.5
+
+
+def wait_for_forwarded_reports() -> None:
+    """Return only once Tune has taken the Train run's last report (a Ray 2.60 race, worked around).
+
+    TuneReportCallback hands reports to the trial actor through a one-slot queue that the actor's main
+    thread drains into its one-slot result queue. When this function returns, Tune's wrapper reports
+    RESULT_DUPLICATE into that result queue at once; if the last forwarded report is still waiting,
+    the main thread then blocks putting it into the full result queue that only it empties — the
+    trial, and the sweep, hang for good (seen on S3, where the last report comes late)."""
+    import time
+
+    from ray.train._internal.session import get_session
+
+    forwarded = getattr(get_session(), "_inter_actor_queue", None)
+    if forwarded is None:
+        return
+    deadline = time.monotonic() + REPORT_DRAIN_TIMEOUT_S
+    while not forwarded.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(REPORT_HANDOFF_S)  # the main thread's put follows its take by microseconds
