@@ -147,3 +147,23 @@ def test_bad_entrypoint_and_impossible_args_fail_in_preflight() -> None:
         preflight(unknown_arg)
     with pytest.raises(PreflightError, match=r"needs 64 CPUs but this Ray cluster has 2"):
         check_fits(parse_job(manifest(workers=64)).spec, {"CPU": 2.0})
+
+
+def test_compile_covers_the_loss_and_trains_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """spec.compile compiles the loss (with the fp32 upcast) as well as the model; the step computes
+    the same loss and gradients as without compile. Dynamo's eager backend keeps this fast and
+    compiler-free; inductor's fusion is what the GPU benchmark measures (bench/RESULTS.md)."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    gpt = {"entrypoint": "gpt", "args": {"size": "tiny", "train_samples": 16, "val_samples": 4}}
+    plain = parts_for(task=gpt, precision="bf16", batch={"size": 4})
+    compiled = parts_for(task=gpt, precision="bf16", batch={"size": 4}, compile=True)
+    assert not hasattr(plain.loss_fn, "_torchdynamo_orig_callable")
+    assert hasattr(compiled.loss_fn, "_torchdynamo_orig_callable")
+    assert hasattr(compiled.model, "_orig_mod")
+    x, y = batch_of(plain, 4)
+    losses = [micro_step(p, (x, y), group_size=1, sync=True) for p in (plain, compiled)]
+    torch.testing.assert_close(losses[0], losses[1])
+    for a, b in zip(grads(plain), grads(compiled), strict=True):
+        torch.testing.assert_close(a, b)

@@ -6,6 +6,7 @@ import gc
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ class Parts:
     total_steps: int
     early: EarlyStopping | None = None
     params: list[nn.Parameter] = field(default_factory=list)
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    """The training loss on the model's outputs (see `loss_function`); None: the task's, uncompiled."""
 
     @property
     def sharded(self) -> bool:
@@ -95,6 +98,18 @@ def total_steps_of(spec: TrainingJobSpec, steps_per_epoch: int) -> int:
     if spec.max_steps:
         limits.append(spec.max_steps)
     return min(limits)
+
+
+def loss_function(task: Task, compiled: bool) -> Callable[[Any, Any], torch.Tensor]:
+    """The task's loss on its outputs upcast to fp32. With spec.compile it is compiled like the model:
+    the upcast then fuses into the loss kernels (forward and backward), so an LM's fp32 logits are
+    never written to memory (gpt 1.3b, 16k tokens a step, H100: peak memory 55.2 -> 47.6 GiB and
+    3 % more tokens/s; bench/RESULTS.md)."""
+
+    def loss(outputs: Any, batch: Any) -> torch.Tensor:
+        return task.loss(to_float(outputs), batch)
+
+    return torch.compile(loss) if compiled else loss
 
 
 def build(spec: TrainingJobSpec, world: dist.World) -> Parts:
@@ -125,6 +140,7 @@ def build(spec: TrainingJobSpec, world: dist.World) -> Parts:
         augment_rng=torch.Generator().manual_seed(spec.seed * 7919 + world.rank + 1),  # per-rank stream
         total_steps=total, early=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
         params=[p for p in model.parameters() if p.requires_grad],
+        loss_fn=loss_function(task, spec.compile),
     )
 
 
@@ -134,7 +150,7 @@ def micro_step(parts: Parts, batch: Any, group_size: int, sync: bool) -> torch.T
     with grad_sync(parts.model, sync):
         with parts.precision.autocast():
             outputs = parts.task.forward(parts.model, batch)
-        loss = parts.task.loss(to_float(outputs), batch)
+        loss = (parts.loss_fn or loss_function(parts.task, False))(outputs, batch)
         parts.precision.backward(loss / group_size)
     return loss.detach()
 
