@@ -36,6 +36,7 @@ from kmock._internal import apps, parsing, rendering  # no public API to build a
 
 from tests.support import kube_rules as rules
 from tests.support.kube_gc import OwnerGarbageCollection
+from tests.support.kube_logs import PodLogs
 from tests.support.kube_rules import ApiCall, Event, Obj, fail
 
 Key = tuple[kmock.resource, "str | None", str]
@@ -45,7 +46,7 @@ _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "
 
 
 @attrs.define(kw_only=True)
-class StatefulEmulator(OwnerGarbageCollection, kmock.KubernetesEmulator):
+class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator):
     """kmock's emulator with the object semantics kopf and the ``kubernetes`` client rely on.
 
     Its methods must run on the server's event loop (``Kube`` in tests/support/kube.py marshals them).
@@ -188,7 +189,7 @@ class StatefulEmulator(OwnerGarbageCollection, kmock.KubernetesEmulator):
             fail(422, "Invalid", f'{crd.kind}.{res.group} "{name}" is invalid: {text}',
                  {"name": name, "group": res.group, "kind": crd.kind, "causes": causes})
 
-    # --- CRDs and logs ----------------------------------------------------------------------------
+    # --- CRDs --------------------------------------------------------------------------------
 
     def register_crd(self, crd: Obj, *, validate: bool = True, prune: bool = True, store: bool = True) -> None:
         """Serve the CRD's resource for discovery and storage; prune and validate by its schema if any."""
@@ -208,33 +209,6 @@ class StatefulEmulator(OwnerGarbageCollection, kmock.KubernetesEmulator):
         key: Key = (CRDS, None, crd["metadata"]["name"])
         if store and CRDS in self.resources and self.get_object(key) is None:
             self._commit(key, self._new_object(CRDS, self.resources[CRDS], None, copy.deepcopy(crd)), "ADDED", None)
-
-    def set_pod_log(self, namespace: str, name: str, text: str, *, append: bool = False,
-                    finished: bool = True) -> None:
-        """Set (or append to) a pod's log; ``follow=true`` readers stream it until it is ``finished``."""
-        previous = self._logs.get((namespace, name), ("", False))[0] if append else ""
-        self._logs[namespace, name] = (previous + text, finished)
-        self._wake()
-
-    async def _serve_log(self, request: rendering.Request) -> bytes | AsyncIterator[bytes]:
-        key, _, _ = self._require(request)
-        text, _ = self._logs.get((key[1], key[2]), ("", True))
-        if (tail := request.params.get("tailLines")) is not None:
-            text = "".join(text.splitlines(keepends=True)[-int(tail):]) if int(tail) else ""
-        return self._follow_log(key, text) if request.params.get("follow") == "true" else text.encode()
-
-    async def _follow_log(self, key: Key, sent: str) -> AsyncIterator[bytes]:
-        yield sent.encode()  # the first chunk also sends the headers
-        offset = len(self._logs.get((key[1], key[2]), ("", True))[0])
-        while not self._closing and self.get_object(key) is not None:
-            wakeup = self._wakeup
-            text, finished = self._logs.get((key[1], key[2]), ("", True))
-            if len(text) > offset:
-                yield text[offset:].encode()
-                offset = len(text)
-            if finished:
-                return
-            await wakeup.wait()
 
     # --- reading ----------------------------------------------------------------------------------
 
