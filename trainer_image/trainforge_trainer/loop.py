@@ -74,10 +74,10 @@ class Parts:
     test: DataLoader | None
     augment_rng: torch.Generator
     total_steps: int
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    """The training loss on the model's outputs (see `loss_function`)."""
     early: EarlyStopping | None = None
     params: list[nn.Parameter] = field(default_factory=list)
-    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
-    """The training loss on the model's outputs (see `loss_function`); None: the task's, uncompiled."""
 
     @property
     def sharded(self) -> bool:
@@ -150,7 +150,7 @@ def micro_step(parts: Parts, batch: Any, group_size: int, sync: bool) -> torch.T
     with grad_sync(parts.model, sync):
         with parts.precision.autocast():
             outputs = parts.task.forward(parts.model, batch)
-        loss = (parts.loss_fn or loss_function(parts.task, False))(outputs, batch)
+        loss = parts.loss_fn(outputs, batch)
         parts.precision.backward(loss / group_size)
     return loss.detach()
 

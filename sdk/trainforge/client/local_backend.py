@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from ..local.jobstate import SUPERVISOR_MODULE, JobDir, now
+from ..local.jobstate import STATE_DIR, SUPERVISOR_MODULE, JobDir, now
 from ..spec import TrainingJob
 from ..spec.conditions import enter_phase, initial, stamp
 from ..spec.status import TERMINAL_PHASES
@@ -69,7 +69,7 @@ class LocalBackend:
 
     def list(self, selector: str | None) -> list[TrainingJob]:
         jobs = []
-        for path in sorted(self.root.glob(f"*/{JobDir.of(self.root, 'x').path.name}/job.yaml")):
+        for path in sorted(self.root.glob(f"*/{STATE_DIR}/job.yaml")):
             try:
                 job = self.get(path.parent.parent.name)
             except JobNotFound:
@@ -79,8 +79,8 @@ class LocalBackend:
         return jobs
 
     def set_suspend(self, name: str, suspend: bool) -> TrainingJob:
-        jobdir = self._dir(name)
         job = self.get(name)
+        jobdir = JobDir.of(self.root, name)
         phase = job.status.phase if job.status else None
         if phase in TERMINAL_PHASES:
             verb = "suspend" if suspend else "resume"
