@@ -136,7 +136,9 @@ def test_a_killed_worker_is_restarted_by_ray_train_and_the_run_completes(tmp_pat
     assert outcome.succeeded, outcome.error
     assert outcome.metrics["step"] == 20 and outcome.storage == f"s3://{bucket}/runs"
     resumed = [r for r in reports if "resumed_from" in r]
-    assert resumed and resumed[0]["resumed_step"] == 10  # died at micro 12: the newest was step 10
+    # Died at micro 12: the restart resumes from the newest complete checkpoint on storage — step 10,
+    # or step 5 when step 10's upload had not finished (seen on a loaded machine); never from scratch.
+    assert resumed and resumed[0]["resumed_step"] in (5, 10), resumed
     from trainforge.checkpoints import list_checkpoints, resolve_storage
 
     target = resolve_storage(f"s3://{bucket}/runs", endpoint=moto_endpoint)
