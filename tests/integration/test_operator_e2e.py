@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trainforge.checkpoints import resolve_storage
+from trainforge.checkpoints.results import load_outcome
 
 from tests.support.kube import Kube, run_operator
 from tests.support.kuberay_standin import Attempt, KubeRayStandIn
@@ -105,7 +107,7 @@ def test_a_sweep_runs_in_one_attempt_and_reports_its_trials(
     # sweep/trial.py), a trial's end raced Ray's report hand-off and hung here in ~2 runs of 3.
     doc["spec"]["checkpoint"] = {"storage": f"s3://{bucket}/runs", "endpoint": moto_endpoint, "everySteps": 5,
                                  "keep": 3}
-    doc["spec"]["tune"] = {"metric": "val_accuracy", "mode": "max", "numSamples": 2, "maxConcurrent": 2,
+    doc["spec"]["tune"] = {"metric": "val_accuracy", "mode": "max", "numSamples": 1, "maxConcurrent": 2,
                            "space": {"optimizer.lr": {"choice": [1e-3, 3e-3]}}, "search": {"type": "grid"}}
     kube.create(doc)
     try:
@@ -119,5 +121,8 @@ def test_a_sweep_runs_in_one_attempt_and_reports_its_trials(
     tune = st["tune"]
     assert tune["trials"] == {"TERMINATED": 2} and tune["best"]["metric"] == "val_accuracy"
     assert tune["best"]["config"]["optimizer.lr"] in (1e-3, 3e-3) and tune["best"]["value"] > 0.5
+    outcome = load_outcome(resolve_storage(f"s3://{bucket}/runs", moto_endpoint), "sweep")
+    tried = {t["config"]["optimizer.lr"] for t in outcome["trials"]}  # type: ignore[index]
+    assert tried == {1e-3, 3e-3}  # a grid tries every value once
     assert tune["best"]["checkpoint"].startswith(f"s3://{bucket}/runs/sweep/trials/")
     assert len(cluster.attempts) == 1 and st["attempt"] == 1

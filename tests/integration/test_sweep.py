@@ -52,14 +52,16 @@ def test_asha_stops_a_trial_early_and_reports_the_best(tmp_path: Path) -> None:
     doc = sweep_doc("asha", 6, numSamples=4, search={"type": "random", "seed": 1},
                     scheduler={"type": "asha", "timeAttr": "epoch", "maxT": 6, "gracePeriod": 1,
                                "reductionFactor": 2})
-    outcome = LocalRun(parse_job(doc), storage=str(tmp_path)).sweep(Timeline())
+    timeline = Timeline()
+    outcome = LocalRun(parse_job(doc), storage=str(tmp_path)).sweep(timeline)
+    assert 1 <= timeline.peak <= 2  # maxConcurrent, random search
     epochs = {t.trial: t.epochs for t in outcome.trials}
     assert len(epochs) == 4 and all(t.state == "TERMINATED" for t in outcome.trials)
     assert min(epochs.values()) < 6 and max(epochs.values()) == 6, epochs  # stopped before maxT
     best = outcome.best
     assert best is not None and best.value == max(t.metrics["val_accuracy"] for t in outcome.trials)
     assert set(best.config) == {"optimizer.lr"} and best.checkpoint.startswith(str(tmp_path / "asha" / "trials"))
-    listed = CliRunner().invoke(cli, ["tune-results", "asha", "--storage", str(tmp_path), "-o", "json"])
+    listed = CliRunner().invoke(cli, ["tune-results", "asha", "--storage", str(tmp_path), "--output", "json"])
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.output)["best"]["trial"] == best.trial
 
@@ -83,26 +85,38 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path
     driver = subprocess.Popen([TRAINFORGE, "run", str(job), "--storage", str(tmp_path / "runs"), "-o", "json"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True, env=os.environ.copy())
-    try:
+    try:  # killed once two trials have finished and a third is mid-way, with a checkpoint
         deadline = time.monotonic() + 240
-        while len(finals(trials)) < 2:
+        while len(finals(trials)) < 2 or not interrupted(trials):
             assert driver.poll() is None, driver.communicate()[1][-3000:]
             if time.monotonic() > deadline:
                 kill_session(driver.pid)
                 pytest.fail("two trials should have finished by now: " + driver.communicate()[1][-3000:])
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         kill_session(driver.pid)
         driver.communicate(timeout=30)
     assert driver.returncode == -signal.SIGKILL
-    finished = finals(trials)
+    finished, cut_short = finals(trials), interrupted(trials)
     before = {t: sorted(p.name for p in (trials / t).iterdir()) for t in finished}
 
-    outcome = LocalRun(parse_job(doc), storage=str(tmp_path / "runs")).sweep()
+    timeline = Timeline()
+    seen: set[str] = set()
+    outcome = LocalRun(parse_job(doc), storage=str(tmp_path / "runs")).sweep(
+        lambda trial, result: (seen.add(trial), timeline(trial, result)))
     assert outcome.resumed and len(outcome.trials) == 4
     assert all(t.state == "TERMINATED" for t in outcome.trials)
-    for trial, names in before.items():  # finished trials were not trained again
+    assert seen and not seen & finished  # the live table follows the resumed sweep; finished trials stay quiet
+    for trial, names in before.items():  # ... and were not trained again
         assert sorted(p.name for p in (trials / trial).iterdir()) == names
+    for trial in cut_short:  # the interrupted trial went on from its checkpoint: no step trained twice
+        steps = [json.loads(m.read_text())["step"] for m in (trials / trial).glob("checkpoint_*/manifest.json")]
+        assert len(steps) == len(set(steps)), (trial, sorted(steps))
+
+
+def interrupted(trials: Path) -> set[str]:
+    """Trials that have saved a checkpoint but not finished."""
+    return {m.parent.parent.name for m in trials.glob("*/checkpoint_*/manifest.json")} - finals(trials)
 
 
 def finals(trials: Path) -> set[str]:
@@ -119,7 +133,6 @@ def test_pbt_exploits_and_the_exploiting_trial_restores_the_donor_checkpoint(tmp
                     space={"optimizer.lr": {"loguniform": [1e-5, 1e-2]}},
                     scheduler={"type": "pbt", "timeAttr": "epoch", "perturbationInterval": 2,
                                "quantileFraction": 0.5})
-    doc["spec"]["checkpoint"] = {"keep": 100}  # a donor's checkpoint must outlive the exploiter's restart
     outcome = LocalRun(parse_job(doc), storage=str(tmp_path)).sweep()
     assert len(outcome.trials) == 4 and outcome.best is not None
     runs = {d.name: [json.loads(m.read_text()) for m in d.glob("checkpoint_*/manifest.json")]
@@ -133,3 +146,10 @@ def test_pbt_exploits_and_the_exploiting_trial_restores_the_donor_checkpoint(tmp
     lr_of = {name: {m["spec"]["optimizer"]["lr"] for m in saved} for name, saved in runs.items()}
     original = set().union(*(lrs for name, lrs in lr_of.items() if "-x" not in name))
     assert any(lr_of[name] - original for name in taken_over if taken_over[name]), lr_of
+    # With the default retention (keep 3): nothing was pruned under a trial that might take it over;
+    # once the sweep was over each run kept its 3 newest, plus the checkpoint its result names.
+    named = {row.checkpoint.rsplit("/", 1)[1] for row in outcome.trials if row.checkpoint}
+    for name in runs:
+        kept = {m_path.parent.name for m_path in (tmp_path / "pbt" / "trials" / name).glob("checkpoint_*/manifest.json")
+                if json.loads(m_path.read_text())["status"] == "complete"}
+        assert len(kept - named) <= 3, (name, kept)

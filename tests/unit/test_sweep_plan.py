@@ -42,6 +42,9 @@ def test_concurrency_is_what_fits_and_never_more_than_asked() -> None:
     assert plan_sweep(spec, {"CPU": 2.0}).concurrent == 2  # 0.01 + 0.99 per trial
     assert plan_sweep(spec, {"CPU": 16.0}).concurrent == 4  # maxConcurrent
     assert plan_sweep(spec, {"CPU": 2.0}).limited_by_cluster
+    grid = sweep_spec(tune={"numSamples": 1, "maxConcurrent": 8, "search": {"type": "grid"},
+                            "space": {"batch.size": {"choice": [32, 64]}, "task.args.hidden": {"grid": [8, 16, 32]}}})
+    assert plan_sweep(grid, {"CPU": 16.0}).concurrent == 6  # no more at once than the grid has trials
 
 
 def test_a_trial_that_cannot_fit_is_refused_with_the_fix() -> None:
@@ -63,8 +66,33 @@ def test_schedulers_are_built_from_the_spec(scheduler: dict[str, Any], cls: type
     cfg = sweep_spec(tune={"scheduler": scheduler, "space": {"optimizer.lr": {"uniform": [1e-3, 1e-2]}}}).tune
     built = make_scheduler(cfg)
     assert isinstance(built, cls)
-    if scheduler["type"] == "asha":
-        assert built._time_attr == "epoch" and built._max_t == 10
+    assert built.__class__ is tune.schedulers.FIFOScheduler or built._time_attr == "epoch"
+
+
+def test_every_scheduler_option_reaches_ray() -> None:
+    def built(**scheduler: Any) -> Any:
+        space = {"optimizer.lr": {"uniform": [1e-3, 1e-2]}}
+        return make_scheduler(sweep_spec(tune={"scheduler": scheduler, "space": space}).tune)
+
+    asha = built(type="asha", timeAttr="training_iteration", maxT=27, gracePeriod=3, reductionFactor=3)
+    assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("training_iteration", 27, 3)
+    assert min(milestone for milestone, _ in asha._brackets[0]._rungs) == 3  # the grace period
+    hyperband = built(type="hyperband", maxT=9, reductionFactor=3)
+    assert (hyperband._max_t_attr, hyperband._eta) == (9, 3)
+    median = built(type="median", gracePeriod=2, minSamplesRequired=4)
+    assert (median._grace_period, median._min_samples_required) == (2, 4)
+    pbt = built(type="pbt", perturbationInterval=2, quantileFraction=0.4, resampleProbability=0.1)
+    assert (pbt._perturbation_interval, pbt._quantile_fraction, pbt._resample_probability) == (2, 0.4, 0.1)
+
+
+def test_grid_search_enumerates_choices_and_grids() -> None:
+    from ray.tune.search.variant_generator import generate_variants
+
+    spec = sweep_spec(tune={"numSamples": 2, "search": {"type": "grid"},
+                            "space": {"batch.size": {"choice": [32, 64]}, "task.args.hidden": {"grid": [8, 16, 32]}}})
+    configs = [(config["batch.size"], config["task.args.hidden"])
+               for _ in range(spec.tune.num_samples) for _, config in generate_variants(param_space(spec.tune))]
+    assert len(configs) == 2 * 2 * 3 and len(set(configs)) == 6  # the whole grid, numSamples times
 
 
 def test_search_algorithms() -> None:

@@ -2,7 +2,11 @@
 
 The Tune checkpoint is a pointer (the Train run and the checkpoint's path on storage), not a copy
 of the state. A trial restarted by an exploit finds another trial's pointer and starts a new Train
-run initialised from that checkpoint; restarted any other way it finds its own and resumes."""
+run initialised from that checkpoint; restarted any other way it finds its own and resumes.
+
+A donor's checkpoint must still be there when the exploiting trial starts, which can be epochs later
+(PBT hands out the donor's checkpoint from its last perturbation point): PBT trials do not prune
+during the sweep; `prune_trial_runs` applies `spec.checkpoint.keep` once the sweep is over."""
 
 from __future__ import annotations
 
@@ -58,7 +62,6 @@ def run_pbt_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: 
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    from ..callbacks import RetentionCallback
     from ..launch import make_trainer
 
     sweep_spec = TrainingJobSpec.model_validate(spec_json)
@@ -66,8 +69,7 @@ def run_pbt_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: 
     spec = trial_spec(sweep_spec, config)
     run_name, init_from = start_point(ray.tune.get_context().get_trial_id())
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer(spec, run_name, trials,
-                           [ForwardCheckpoints(queue, sweep_spec.tune.metric), RetentionCallback(spec.checkpoint)],
+    trainer = make_trainer(spec, run_name, trials, [ForwardCheckpoints(queue, sweep_spec.tune.metric)],
                            init_from=init_from)
     outcome: dict[str, BaseException] = {}
 
@@ -89,3 +91,15 @@ def run_pbt_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: 
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(pointer_dir))
     if "error" in outcome:
         raise outcome["error"]
+
+
+def prune_trial_runs(spec: TrainingJobSpec, trials: StorageTarget, protect: list[str]) -> None:
+    """After the sweep: each trial run keeps what `spec.checkpoint` says, plus the checkpoints the
+    results name (`protect`, URIs)."""
+    import pyarrow.fs as pafs
+    from trainforge.checkpoints import Retention
+
+    paths = [trials.path.rstrip("/") + uri[len(trials.uri.rstrip("/")):] for uri in protect]
+    found = trials.filesystem.get_file_info(pafs.FileSelector(trials.path, allow_not_found=True))
+    for run in (info.path for info in found if info.type == pafs.FileType.Directory):
+        Retention.from_config(spec.checkpoint).apply(trials.filesystem, run, protect=paths)

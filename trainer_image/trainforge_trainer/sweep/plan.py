@@ -50,8 +50,8 @@ def plan_sweep(spec: TrainingJobSpec, cluster: dict[str, float]) -> SweepPlan:
 
 def _grid_size(spec: TrainingJobSpec) -> int:
     assert spec.tune is not None
-    size = 1
+    size, enumerated = 1, ("grid", "choice") if spec.tune.search.type == "grid" else ("grid",)
     for domain in spec.tune.space.values():
-        if domain.kind == "grid":
-            size *= len(domain.grid or [])
+        if domain.kind in enumerated:
+            size *= len(getattr(domain, domain.kind) or [])
     return size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from trainforge.spec import TrainingJobSpec
 from trainforge.spec.status import TuneBest, TuneStatus
 
 from .build import make_scheduler, make_search
-from .pbt import owns, run_pbt_trial
+from .pbt import owns, prune_trial_runs, run_pbt_trial
 from .plan import DRIVER_CPU, plan_sweep
 from .space import param_space, plain
 from .trial import run_trial, trials_target
+
+log = logging.getLogger("trainforge.sweep")
 
 
 @dataclass
@@ -64,6 +67,10 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
     cfg = spec.tune
     assert cfg is not None
     plan = plan_sweep(spec, ray.cluster_resources())
+    if plan.limited_by_cluster:
+        log.warning("spec.tune.maxConcurrent is %d but only %d trials fit on this Ray cluster at once "
+                    "(%g CPUs and %g GPUs per trial); running %d at a time",
+                    plan.requested, plan.concurrent, plan.cpus_per_trial, plan.gpus_per_trial, plan.concurrent)
     trials = trials_target(target, name)
     driver = run_pbt_trial if cfg.scheduler.type == "pbt" else run_trial
     trainable = tune.with_resources(
@@ -72,7 +79,6 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
     remote = not target.uri.startswith("/")
     fs = target.filesystem if remote else None
     where = target.run_path(name) if remote else target.run_uri(name)
-    callbacks = [_Progress(on_result)] if on_result else []
     resumed = tune.Tuner.can_restore(where, storage_filesystem=fs)
     if resumed:
         tuner = tune.Tuner.restore(where, trainable, resume_errored=True, storage_filesystem=fs)
@@ -85,29 +91,34 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
                                         # a reused trial actor would keep the stopped trial's Train run going
                                         reuse_actors=False),
             run_config=tune.RunConfig(name=name, storage_path=target.path if remote else target.uri,
-                                      storage_filesystem=fs, callbacks=callbacks, verbose=0),
+                                      storage_filesystem=fs, callbacks=[_Progress()], verbose=0),
         )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")  # see reuse_actors
-        grid = tuner.fit()
+    _listener[:] = [on_result] if on_result else []
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance")  # see reuse_actors
+            grid = tuner.fit()
+    finally:
+        _listener.clear()
     outcome = summarise(grid, spec, name, trials)
     outcome.resumed = resumed
+    if cfg.scheduler.type == "pbt":
+        prune_trial_runs(spec, trials, [t.checkpoint for t in outcome.trials if t.checkpoint])
     save_outcome(outcome, target)
     return outcome
+
+
+_listener: list[Callable[[str, dict[str, Any]], None]] = []
+"""The live table of the sweep this process runs. Tune pickles its callbacks with the sweep state and
+a resumed sweep gets those back (no way to pass new ones), so the callback finds its listener here."""
 
 
 class _Progress(Callback):
     """Tune callback (runs in the driver): one call per trial result, for a live table."""
 
-    def __init__(self, fn: Callable[[str, dict[str, Any]], None] | None) -> None:
-        self.fn = fn
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"fn": None}  # Tune pickles its callbacks with the sweep state; a UI is not state
-
     def _send(self, trial: Any, extra: dict[str, Any]) -> None:
-        if self.fn is not None:
-            self.fn(trial.trial_id, {"config": dict(trial.config), **extra})
+        for fn in _listener:
+            fn(trial.trial_id, {"config": dict(trial.config), **extra})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._send(trial, {**result, "state": "RUNNING"})

@@ -9,12 +9,13 @@ from trainforge.spec import TrainingJobSpec
 from trainforge.spec.tune import Domain, TuneConfig
 
 
-def tune_domain(domain: Domain, for_mutation: bool = False) -> Any:
-    """A Ray Tune search domain. PBT mutations take the domain's values but no grid."""
+def tune_domain(domain: Domain, for_mutation: bool = False, enumerate_choices: bool = False) -> Any:
+    """A Ray Tune search domain. PBT mutations take the domain's values but no grid; a grid search
+    enumerates `choice` values too (sampled, they would make the "grid" random)."""
     from ray import tune
 
-    kind = domain.kind
-    values = getattr(domain, kind)
+    kind = "grid" if enumerate_choices and domain.kind == "choice" else domain.kind
+    values = getattr(domain, domain.kind)
     if kind == "uniform":
         return tune.uniform(*values)
     if kind == "loguniform":
@@ -28,7 +29,8 @@ def tune_domain(domain: Domain, for_mutation: bool = False) -> Any:
 
 def param_space(cfg: TuneConfig) -> dict[str, Any]:
     """Flat keys are the spec paths themselves (`optimizer.lr`), so results read back unchanged."""
-    return {path: tune_domain(domain) for path, domain in cfg.space.items()}
+    grid = cfg.search.type == "grid"
+    return {path: tune_domain(domain, enumerate_choices=grid) for path, domain in cfg.space.items()}
 
 
 def trial_spec(spec: TrainingJobSpec, config: dict[str, Any]) -> TrainingJobSpec:
