@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -97,14 +98,12 @@ def reconcile_job(namespace: str, name: str, logger: logging.Logger) -> float | 
         if obs is None:
             return None
         decision = reconcile(obs, SETTINGS)
-        refusal = kube().apply(obs, decision)
+        refusal = kube().apply(obs, decision, functools.partial(_publish, obs.job, decision, logger))
         if refusal is not None:
             logger.error("%s", refusal)
-            _publish(obs.job, decision, logger)
             obs = kube().observe(namespace, name) or obs
             decision = refused(obs, SETTINGS, refusal)
-            kube().apply(obs, decision)
-        _publish(obs.job, decision, logger)
+            kube().apply(obs, decision, functools.partial(_publish, obs.job, decision, logger))
         phase = decision.status.get("phase") or (obs.job.get("status") or {}).get("phase")
         metrics.JOBS.set(namespace, name, phase)
         if decision.delete_job:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -43,17 +43,26 @@ class Kube:
     # ---- reads ---------------------------------------------------------------------------------
 
     def observe(self, namespace: str, name: str) -> Observed | None:
+        # RayJobs and pods first, the TrainingJob last. The trainer writes its outcome ("preempted")
+        # into the job's status before its process exits, so a RayJob read as ended guarantees that
+        # the later read of the job shows the outcome. Read the other way round, an outcome written
+        # between the two reads is missed and the preemption is counted as a failure.
+        selector = f"{LABEL_JOB}={name}"
+        rayjobs = self.custom.list_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS,
+                                                           label_selector=selector).get("items") or []
+        pods: list[dict[str, Any]] = []
+        if rayjobs:
+            items = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+            pods = [self.core.api_client.sanitize_for_serialization(p) for p in items]
         job = self._get(API_GROUP, VERSION, namespace, PLURAL, name)
         if job is None:
             return None
         attempt = ((job.get("status") or {}).get("attempt")) or 0
-        rayjob = self._get(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, attempt_name(name, attempt)) if attempt else None
-        pods: list[dict[str, Any]] = []
-        if rayjob is not None:
-            selector = f"{LABEL_JOB}={name},{LABEL_ATTEMPT}={attempt}"
-            items = self.core.list_namespaced_pod(namespace, label_selector=selector).items
-            pods = [self.core.api_client.sanitize_for_serialization(p) for p in items]
-        return Observed(job, rayjob, datetime.now(timezone.utc), pods)
+        current = attempt_name(name, attempt) if attempt else None
+        rayjob = next((r for r in rayjobs if r["metadata"]["name"] == current), None)
+        earlier = sorted((r for r in rayjobs if 0 < _attempt_of(r) < attempt), key=_attempt_of)
+        pods = [p for p in pods if _labels(p).get(LABEL_ATTEMPT) == str(attempt)] if rayjob is not None else []
+        return Observed(job, rayjob, datetime.now(timezone.utc), pods, earlier)
 
     def _get(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -67,15 +76,21 @@ class Kube:
 
     # ---- writes --------------------------------------------------------------------------------
 
-    def apply(self, obs: Observed, decision: Decision) -> str | None:
+    def apply(self, obs: Observed, decision: Decision, after_status: Callable[[], None] | None = None) -> str | None:
         """Status first (it names the attempt), then deletions, then the new RayJob. Returns why the
-        RayJob was refused when the API server rejects it for good (4xx), else None."""
+        RayJob was refused when the API server rejects it for good (4xx), else None.
+
+        `after_status` runs once the status is written and before anything else: what it publishes
+        (events, counters) describes that status, and a later pass that finishes an interrupted
+        apply (creates the missing RayJob) decides nothing new, so it would never publish them."""
         from kubernetes.client.exceptions import ApiException
 
         meta = obs.job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if decision.status:
             self.patch_status(namespace, name, decision.status)
+        if after_status is not None:
+            after_status()
         for rayjob in decision.delete:
             self._delete(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, rayjob)
         if decision.create is not None:
@@ -123,6 +138,15 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _attempt_of(rayjob: Mapping[str, Any]) -> int:
+    value = _labels(rayjob).get(LABEL_ATTEMPT, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _reason(exc: Any) -> str:

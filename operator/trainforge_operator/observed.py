@@ -26,6 +26,8 @@ class Observed:
     now: datetime
     pods: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     """Pods of the current attempt's Ray cluster (head and workers)."""
+    earlier: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    """RayJobs of the job's earlier attempts still in the API, oldest first."""
 
 
 def rayjob_status(rayjob: Mapping[str, Any] | None) -> Mapping[str, Any]:

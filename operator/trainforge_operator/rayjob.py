@@ -25,6 +25,8 @@ SHM_VOLUME = "dshm"
 LABEL_JOB, LABEL_ATTEMPT = "trainforge.dev/job", "trainforge.dev/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_GENERATION = "trainforge.dev/generation"
+ANNOTATION_SPEC_HASH = "trainforge.dev/spec-hash"
+STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
 
 Manifest = dict[str, Any]
 
@@ -80,14 +82,21 @@ def payload_spec(rayjob: Mapping[str, Any]) -> TrainingJobSpec | None:
 
 
 def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
-                 settings: OperatorSettings) -> Manifest:
+                 settings: OperatorSettings, spec_hash: str | None = None) -> Manifest:
+    """`spec_hash` names the accepted spec the attempt is built from (an annotation): a restart whose
+    own RayJob is missing reads that spec back from an earlier attempt carrying the same hash."""
     meta = body["metadata"]
     name = attempt_name(meta["name"], attempt)
     labels = attempt_labels(meta["name"], attempt)
     payload = job_payload(body, spec, settings, attempt)
     storage_env = storage_env_vars(spec, payload["endpoint"])
     user_env = [k8s_env_var(var) for var in spec.env]
-    head_env = merge_env(storage_env, user_env, [{"name": SPEC_ENV, "value": json.dumps(payload, sort_keys=True)}])
+    # Deleting a running RayJob (the suspend grace is over) makes KubeRay stop its Ray job: SIGTERM,
+    # then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S, 3 s by default, too short to save a checkpoint.
+    # The pod's grace is the time the operator allows for that; a user's own value still wins.
+    stop_env = [{"name": STOP_WAIT_ENV, "value": str(settings.termination_grace_s)}]
+    head_env = merge_env(storage_env, stop_env, user_env,
+                         [{"name": SPEC_ENV, "value": json.dumps(payload, sort_keys=True)}])
     rayjob_spec: Manifest = {
         "entrypoint": ENTRYPOINT,
         # K8sJobMode (the default) is spelled out: a trainforge upgrade should not change how jobs submit.
@@ -101,11 +110,14 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
         "rayClusterSpec": {
             "rayVersion": settings.ray_version,
             "headGroupSpec": head_group(spec, settings, labels, head_env),
-            "workerGroupSpecs": [worker_group(spec, settings, labels, merge_env(storage_env, user_env))],
+            "workerGroupSpecs": [worker_group(spec, settings, labels, merge_env(storage_env, stop_env, user_env))],
         },
     }
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    annotations = {ANNOTATION_GENERATION: str(meta.get("generation", ""))}
+    if spec_hash:
+        annotations[ANNOTATION_SPEC_HASH] = spec_hash
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",
@@ -113,7 +125,7 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
             "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": {ANNOTATION_GENERATION: str(meta.get("generation", ""))},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(body)],
         },
         "spec": rayjob_spec,

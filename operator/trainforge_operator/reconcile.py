@@ -20,7 +20,7 @@ from trainforge.spec.status import TERMINAL_PHASES
 
 from . import observed
 from .observed import Observed
-from .rayjob import attempt_name, build_rayjob, payload_spec, storage_for
+from .rayjob import ANNOTATION_SPEC_HASH, attempt_name, build_rayjob, payload_spec, storage_for
 from .settings import OperatorSettings
 
 
@@ -44,6 +44,14 @@ class Decision:
     requeue_after: float | None = None
 
 
+MUTABLE_FIELDS = frozenset(name for name, info in TrainingJobSpec.model_fields.items()
+                           if (info.alias or name) in MUTABLE_WHILE_RUNNING)
+"""MUTABLE_WHILE_RUNNING by attribute name."""
+REJECTED = ("only suspend, activeDeadlineSeconds, ttlSecondsAfterFinished and restartPolicy can change while "
+            "the job has attempts; suspend the job to edit it (the edit applies when it resumes), or delete and "
+            "re-create it")
+
+
 def spec_hash(spec: Mapping[str, Any]) -> str:
     """Hash of the part of the spec a running attempt is built from."""
     fixed = {k: v for k, v in spec.items() if k not in MUTABLE_WHILE_RUNNING}
@@ -63,6 +71,8 @@ class _Reconciler:
         self.status: dict[str, Any] = copy.deepcopy(self.before)
         self.decision = Decision()
         self.rayjob = obs.rayjob
+        self.hold = False
+        """No attempt may be built: the spec the job accepted is nowhere to be read (see _guard_edits)."""
 
     # ---- the machine ---------------------------------------------------------------------------
 
@@ -91,10 +101,10 @@ class _Reconciler:
         spec = self._parse()
         if spec is None:
             return None
+        spec = self._guard_edits(spec)
         if storage_for(spec, self.namespace, self.settings) is None:
             return self.fail("NoStorage", "spec.checkpoint.storage: set s3://bucket/prefix (or give the "
                                           "operator a default storage) so attempts can resume from checkpoints")
-        spec = self._guard_edits(spec)
         if self._deadline_passed(spec):
             return None
         if not spec.suspend and self.status.get("suspendRequested"):  # un-suspended before it took effect
@@ -120,20 +130,49 @@ class _Reconciler:
             return None
 
     def _guard_edits(self, spec: TrainingJobSpec) -> TrainingJobSpec:
-        """Edits to the immutable part reach neither the running attempt nor its restarts; they
-        apply while the job is suspended (or has not started), as a suspended Job's template does."""
+        """Edits to the immutable part reach neither the running attempt nor its restarts, whatever the
+        phase; they apply while the job is suspended (or before it started), as a suspended Job's
+        template does. Returns the spec to go on with: the accepted one plus the current mutable fields."""
         current = spec_hash(self.obs.job.get("spec") or {})
         accepted = self.status.get("specHash")
-        idle = self.status["phase"] == "Suspended" or self.status.get("attempt", 0) == 0
-        if accepted is None or accepted == current or idle or self.rayjob is None:
+        if accepted is None or accepted == current or self._not_started():
             self.status["specHash"] = current
             self._set("SpecChangeRejected", "False", "", "")
             return spec
-        self._set("SpecChangeRejected", "True", "ImmutableFieldChanged",
-                  "only suspend, activeDeadlineSeconds, ttlSecondsAfterFinished and restartPolicy can change "
-                  "while an attempt runs; the running attempt keeps its spec (suspend the job to edit it, or "
-                  "delete and re-create it)")
-        return payload_spec(self.rayjob) or spec
+        base = self._accepted_spec()
+        if base is None:
+            # An interrupted restart: its RayJob is missing and so is every earlier one built from the
+            # accepted spec. Building from the edited spec would apply it halfway; wait instead.
+            self.hold = True
+            message = f"{REJECTED}. The accepted spec is no longer readable: revert the edit to go on"
+        else:
+            changed = _changed_fields(base, spec)
+            message = f"{', '.join(f'spec.{name}' for name in changed) or 'the spec'} changed: {REJECTED}"
+        was = conditions.get(self.status.get("conditions") or [], "SpecChangeRejected") or {}
+        self._set("SpecChangeRejected", "True", "ImmutableFieldChanged", message)
+        if was.get("status") != "True":
+            self.event("Warning", "SpecChangeRejected", message)
+        if base is None:
+            return spec
+        return base.model_copy(update={name: getattr(spec, name) for name in MUTABLE_FIELDS})
+
+    def _not_started(self) -> bool:
+        """No attempt has run, or none runs now because the job is suspended: an edit is safe to take.
+        Created without a RayJob is an attempt 1 whose creation was interrupted."""
+        phase = self.status["phase"]
+        return phase == "Suspended" or self.status.get("attempt", 0) == 0 or \
+            (phase == "Created" and self.rayjob is None and not self.obs.earlier)
+
+    def _accepted_spec(self) -> TrainingJobSpec | None:
+        """The spec attempts are built from: the current attempt's, else that of the newest earlier
+        attempt built from the accepted spec (a restart whose RayJob is not created yet)."""
+        if self.rayjob is not None:
+            return payload_spec(self.rayjob)
+        accepted = self.status.get("specHash")
+        for rayjob in reversed(self.obs.earlier):
+            if ((rayjob.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH) == accepted:
+                return payload_spec(rayjob)
+        return None
 
     def _deadline_passed(self, spec: TrainingJobSpec) -> bool:
         limit, started = spec.active_deadline_seconds, _time(self.status.get("startTime"))
@@ -182,12 +221,14 @@ class _Reconciler:
             self.status["completionTime"] = _stamp(self.now)
             self.enter("Succeeded", "Succeeded", f"attempt {self.status['attempt']} finished training")
             return
-        outcome = self._outcome()
-        preempted = outcome.get("result") == "preempted" or bool(observed.disrupted(self.obs.pods))
-        why = outcome.get("message") or observed.failure_message(self.rayjob)
-        self._restart_or_fail(spec, preempted, why)
+        why = self._outcome().get("message") or observed.failure_message(self.rayjob)
+        self._restart_or_fail(spec, self._preempted(), why)
 
     def _attempt_running(self, spec: TrainingJobSpec) -> None:
+        attempt = self.status["attempt"]
+        if observed.disrupted(self.obs.pods) and self.status.get("disruptedAttempt") != attempt:
+            # Remembered: a disrupted pod (or the head) may be gone by the time the attempt ends.
+            self.status["disruptedAttempt"] = attempt
         if observed.cluster_name(self.rayjob) and observed.is_running(self.rayjob) \
                 and not observed.head_present(self.obs.pods):
             missing = _time(self.status.get("headMissingSince"))
@@ -199,9 +240,8 @@ class _Reconciler:
                 return self.requeue(self.settings.head_lost_grace_s - waited)
             assert self.rayjob is not None
             self.decision.delete.append(self.rayjob["metadata"]["name"])  # KubeRay leaves it stuck
-            preempted = bool(observed.disrupted(self.obs.pods)) or self._outcome().get("result") == "preempted"
-            return self._restart_or_fail(spec, preempted, f"the head pod of {observed.cluster_name(self.rayjob)} "
-                                                          f"has been gone for {int(waited)} s")
+            why = f"the head pod of {observed.cluster_name(self.rayjob)} has been gone for {int(waited)} s"
+            return self._restart_or_fail(spec, self._preempted(), why)
         if self.status.get("headMissingSince"):
             self.status["headMissingSince"] = None
         if observed.is_running(self.rayjob) and self.status["phase"] != "Running":
@@ -240,7 +280,7 @@ class _Reconciler:
     def start_attempt(self, spec: TrainingJobSpec, reason: str, message: str) -> None:
         attempt = self.status.get("attempt", 0) + 1
         after_suspension = self.status["phase"] == "Suspended"
-        self.status.update(attempt=attempt, headMissingSince=None, suspendRequested=None)
+        self.status.update(attempt=attempt, headMissingSince=None, suspendRequested=None, disruptedAttempt=None)
         if not self.status.get("startTime"):
             self.status["startTime"] = _stamp(self.now)
         self.decision.create = self._build(spec, attempt)
@@ -276,12 +316,20 @@ class _Reconciler:
     def current_name(self) -> str:
         return attempt_name(self.name, self.status.get("attempt", 0))
 
-    def _build(self, spec: TrainingJobSpec, attempt: int) -> dict[str, Any]:
-        return build_rayjob(self.obs.job, spec, attempt, self.settings)
+    def _build(self, spec: TrainingJobSpec, attempt: int) -> dict[str, Any] | None:
+        if self.hold:
+            self.requeue(self.settings.resync_s)
+            return None
+        return build_rayjob(self.obs.job, spec, attempt, self.settings, self.status.get("specHash"))
 
     def _outcome(self) -> dict[str, Any]:
         outcome = self.status.get("outcome") or {}
         return outcome if outcome.get("attempt") == self.status.get("attempt") else {}
+
+    def _preempted(self) -> bool:
+        """The trainer said so, or Kubernetes marked pods of this attempt for disruption, now or before."""
+        return self._outcome().get("result") == "preempted" or bool(observed.disrupted(self.obs.pods)) \
+            or self.status.get("disruptedAttempt") == self.status.get("attempt")
 
     def _set(self, type_: str, status: str, reason: str, message: str) -> None:
         current = conditions.get(self.status.get("conditions") or [], type_)
@@ -298,6 +346,11 @@ class _Reconciler:
         seconds = max(seconds, 0.5)
         current = self.decision.requeue_after
         self.decision.requeue_after = seconds if current is None else min(current, seconds)
+
+
+def _changed_fields(before: TrainingJobSpec, after: TrainingJobSpec) -> list[str]:
+    old, new = (s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in (before, after))
+    return sorted(k for k in set(old) | set(new) if k not in MUTABLE_WHILE_RUNNING and old.get(k) != new.get(k))
 
 
 def _stamp(now: datetime) -> str:

@@ -86,6 +86,8 @@ def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
     with run_operator(kube, module=MODULE) as run:
         # The registry lives as long as the test process: count from here (other tests ran operators too).
         attempts_before = run.module.metrics.REGISTRY.get_sample_value("trainforge_attempts_total") or 0.0
+        registry = run.module.metrics.REGISTRY
+        succeeded_before = registry.get_sample_value("trainforge_jobs", {"phase": "Succeeded"}) or 0.0
         created = kube.create(job_doc(workers=2, gpusPerWorker=0))
         rj = rayjob(kube, 1)
         owner = rj["metadata"]["ownerReferences"][0]
@@ -109,7 +111,7 @@ def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
         kube.wait_for(lambda: {"Created", "AttemptCreated", "Running", "Succeeded"} <= set(events(kube)), 5, "events")
         metrics = generate_latest(run.module.metrics.REGISTRY).decode()
         assert run.module.metrics.REGISTRY.get_sample_value("trainforge_attempts_total") == attempts_before + 1
-        assert 'trainforge_jobs{phase="Succeeded"} 1.0' in metrics
+        assert registry.get_sample_value("trainforge_jobs", {"phase": "Succeeded"}) == succeeded_before + 1
         assert "trainforge_reconcile_seconds_count" in metrics
 
 
@@ -138,6 +140,90 @@ def test_a_lost_head_starts_the_next_attempt(kube: Kube) -> None:
         st = kube.wait_for(lambda: (s := status(kube)).get("attempt") == 2 and s, 15, "attempt 2")
         assert st["restarts"] == 1 and "head pod" in st["message"] and st["phase"] == "Restarting"
         kube.wait_for(lambda: rayjobs(kube) == ["digits-a2"], 5, "the stuck RayJob deleted")
+
+
+def metric(run: Any, name: str) -> float:
+    # The registry lives as long as the test process: tests compare with a value read before.
+    return run.module.metrics.REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_a_pod_disrupted_while_running_makes_the_failure_a_preemption(kube: Kube) -> None:
+    with run_operator(kube, module=MODULE) as run:
+        preemptions = metric(run, "trainforge_preemptions_total")
+        kube.create(job_doc())
+        running_attempt(kube, 1)
+        kube.create({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "digits-a1-worker", "namespace": "default",
+                                  "labels": {"trainforge.dev/job": "digits", "trainforge.dev/attempt": "1",
+                                             "ray.io/node-type": "worker"}},
+                     "spec": {"containers": [{"name": "ray-worker", "image": "x"}]}})
+        kube.patch_status("v1", "pods", "default", "digits-a1-worker", {"phase": "Running", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]})
+        # Kept in the status (the CRD must not prune it): the pod is gone by the time the attempt fails.
+        kube.wait_for(lambda: status(kube).get("disruptedAttempt") == 1, 10, "the disruption recorded")
+        kube.delete("v1", "pods", "default", "digits-a1-worker")
+        kube.wait_for(lambda: not kube.exists("v1", "pods", "default", "digits-a1-worker"), 5, "the pod gone")
+        set_rayjob(kube, 1, "FAILED", "Failed", message="worker lost")
+        st = kube.wait_for(lambda: (s := status(kube)).get("attempt") == 2 and s, 15, "attempt 2")
+        assert st["preemptions"] == 1 and st["restarts"] == 0 and "disruptedAttempt" not in st
+        kube.wait_for(lambda: "Preempted" in events(kube), 5, "the Preempted event")
+        assert metric(run, "trainforge_preemptions_total") == preemptions + 1
+
+
+def test_the_events_of_an_attempt_survive_a_failed_rayjob_create(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    with run_operator(kube, module=MODULE, check=False) as run:
+        monkeypatch.setattr(run.module, "ERROR_RETRY_S", 0.2)
+        errors, attempts = metric(run, "trainforge_reconcile_errors_total"), metric(run, "trainforge_attempts_total")
+        custom = run.module.kube().custom
+        create, refused = custom.create_namespaced_custom_object, []
+
+        def flaky_create(*args: Any, **kwargs: Any) -> Any:
+            if not refused:  # after the status patch that recorded attempt 1 went through
+                refused.append(args)
+                raise ApiException(status=503, reason="Service Unavailable")
+            return create(*args, **kwargs)
+
+        monkeypatch.setattr(custom, "create_namespaced_custom_object", flaky_create)
+        kube.create(job_doc())
+        rayjob(kube, 1)
+        kube.wait_for(lambda: {"Created", "AttemptCreated"} <= set(events(kube)), 5, "the first pass's events")
+        assert events(kube).count("AttemptCreated") == 1 and refused
+        assert metric(run, "trainforge_attempts_total") == attempts + 1
+        assert metric(run, "trainforge_reconcile_errors_total") >= errors + 1
+    assert run.runner.exit_code == 0
+    errors_logged = [line for line in run.errors if "[ERROR" in line]
+    assert errors_logged and all("reconcile of default/digits failed" in line for line in errors_logged), run.errors
+
+
+def test_an_outcome_written_while_the_operator_reads_is_not_missed(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainforge_operator.kube import Kube as OperatorKube
+    from trainforge_operator.reconcile import reconcile
+    from trainforge_operator.settings import OperatorSettings
+
+    with run_operator(kube, module=MODULE):
+        kube.create(job_doc())
+        running_attempt(kube, 1)
+    operator_kube, settings = OperatorKube(), OperatorSettings.from_env()
+    api = operator_kube.custom.api_client
+    call_api, calls = api.call_api, []
+
+    def trainer_preempted_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        result = call_api(*args, **kwargs)
+        if not calls:  # right after the operator's first read: the trainer reports, exits, the RayJob fails
+            kube.patch_status(TJ, "trainingjobs", "default", "digits",
+                              {"outcome": {"attempt": 1, "result": "preempted", "message": "SIGTERM at step 40"}})
+            set_rayjob(kube, 1, "FAILED", "Failed")
+        calls.append(args)
+        return result
+
+    monkeypatch.setattr(api, "call_api", trainer_preempted_meanwhile)
+    first = reconcile(operator_kube.observe("default", "digits"), settings)
+    assert "restarts" not in first.status  # it saw the RayJob running, or ended with the outcome: no failure
+    operator_kube.apply(operator_kube.observe("default", "digits"), first)
+    later = reconcile(operator_kube.observe("default", "digits"), settings)
+    assert later.status.get("preemptions") == 1 and "restarts" not in later.status
 
 
 def test_suspend_then_resume(kube: Kube) -> None:

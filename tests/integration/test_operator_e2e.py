@@ -16,6 +16,7 @@ import pytest
 from trainforge.checkpoints import resolve_storage
 from trainforge.checkpoints.results import load_outcome
 
+from tests.integration.test_operator import events
 from tests.support.kube import Kube, run_operator
 from tests.support.kuberay_standin import Attempt, KubeRayStandIn
 from tests.unit.manifests import manifest
@@ -60,6 +61,10 @@ def resumed_step(attempt: Attempt, kube: Kube, timeout: float = 90) -> int:
     return int(found.group(1))
 
 
+def step_of(checkpoint_uri: str) -> int:
+    return int(re.search(r"checkpoint_(\d+)_", checkpoint_uri).group(1))  # type: ignore[union-attr]
+
+
 def test_a_digits_job_succeeds_with_progress_and_checkpoints_in_its_status(
         kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
     kube.create(digits_job("digits", bucket, moto_endpoint, epochs=2))
@@ -86,15 +91,17 @@ def test_a_preempted_then_killed_job_resumes_each_time_and_succeeds(
     assert (st["preemptions"], st["restarts"]) == (1, 0) and st["outcome"]["result"] == "preempted"
 
     second = cluster.attempt("default", "flaky-a2")
-    assert resumed_step(second, kube) > 0
+    assert resumed_step(second, kube) == step_of(st["latestCheckpoint"])  # the emergency checkpoint: 0 lost
     seen = st.get("latestCheckpoint")
-    wait_status(kube, "flaky", "a newer checkpoint", lambda s: s.get("latestCheckpoint") not in (None, seen))
+    before_kill = wait_status(kube, "flaky", "a newer checkpoint",
+                              lambda s: s.get("latestCheckpoint") not in (None, seen))["latestCheckpoint"]
     os.killpg(second.process.pid, signal.SIGKILL)  # a crash: no checkpoint, no outcome
     st = wait_status(kube, "flaky", "attempt 3", lambda s: s.get("attempt") == 3)
     assert (st["preemptions"], st["restarts"]) == (1, 1)
 
     third = cluster.attempt("default", "flaky-a3")
-    assert resumed_step(third, kube) > 0
+    assert resumed_step(third, kube) >= step_of(before_kill) > step_of(seen)  # not from 0, nor an older one
+    assert events(kube, "flaky").count("Restarting") == 2  # Running → Restarting → Running, twice
     st = wait_status(kube, "flaky", "Succeeded", lambda s: s.get("phase") in ("Succeeded", "Failed"), 180)
     assert st["phase"] == "Succeeded", (st, third.log_path.read_text()[-3000:])
     assert st["progress"]["step"] == 40 and (st["attempt"], st["restarts"], st["preemptions"]) == (3, 1, 1)

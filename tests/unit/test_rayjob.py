@@ -374,3 +374,18 @@ def test_pods_default_to_the_operators_trainer_account_which_a_job_can_override(
         pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
         assert {p["template"]["spec"]["serviceAccountName"] for p in pods} == {account}
     assert "serviceAccountName" not in head_of(build())["template"]["spec"]
+
+
+def test_ray_job_stop_waits_the_pods_termination_grace_unless_the_job_says_otherwise() -> None:
+    # KubeRay stops the Ray job of a deleted RayJob (suspend): SIGTERM, then SIGKILL after this wait.
+    for group in (head_of(build()), workers_of(build())):
+        assert env_of(group)["RAY_JOB_STOP_WAIT_TIME_S"] == {"name": "RAY_JOB_STOP_WAIT_TIME_S", "value": "120"}
+    own = build(env=[{"name": "RAY_JOB_STOP_WAIT_TIME_S", "value": "30"}])
+    for group in (head_of(own), workers_of(own)):
+        assert env_of(group)["RAY_JOB_STOP_WAIT_TIME_S"]["value"] == "30"
+
+
+def test_the_accepted_spec_hash_is_annotated_when_given() -> None:
+    body = body_of()
+    annotations = build_rayjob(body, parse_job(body).spec, 1, SETTINGS, "abc123")["metadata"]["annotations"]
+    assert annotations == {"trainforge.dev/generation": "3", "trainforge.dev/spec-hash": "abc123"}

@@ -44,9 +44,9 @@ def pod(head: bool = True, disrupted: bool = False, name: str = "c1-head") -> di
 
 
 def step(doc: dict[str, Any], rj: dict[str, Any] | None = None, pods: tuple = (), at: float = 0,
-         settings: OperatorSettings = SETTINGS) -> tuple[Decision, dict[str, Any]]:
+         settings: OperatorSettings = SETTINGS, earlier: tuple = ()) -> tuple[Decision, dict[str, Any]]:
     """One reconcile at T0 + `at` seconds; returns the decision and the job with its status applied."""
-    decision = reconcile(Observed(doc, rj, T0 + timedelta(seconds=at), pods), settings)
+    decision = reconcile(Observed(doc, rj, T0 + timedelta(seconds=at), pods, earlier), settings)
     after = copy.deepcopy(doc)
     status = after.setdefault("status", {})
     for key, value in decision.status.items():
@@ -152,6 +152,27 @@ def test_a_disruption_target_pod_makes_it_a_preemption() -> None:
     first, doc, _ = running()
     _, doc = step(doc, rayjob(first, "FAILED", "Failed"), (pod(head=False, disrupted=True, name="w0"),), at=60)
     assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 0
+
+
+def test_a_disruption_seen_while_running_counts_when_the_pod_is_gone_at_the_end() -> None:
+    first, doc, rj = running()
+    seen, doc = step(doc, rj, (pod(), pod(head=False, disrupted=True, name="w0")), at=20)
+    assert doc["status"]["disruptedAttempt"] == 1 and seen.create is None and not seen.delete
+    ended, doc = step(doc, rayjob(first, "FAILED", "Failed"), (pod(),), at=60)  # the evicted worker is gone
+    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 0 and doc["status"]["attempt"] == 2
+    assert "Preempted" in reasons(ended) and "disruptedAttempt" not in doc["status"]
+    second, doc = step(doc, rayjob(ended, "FAILED", "Failed"), (pod(),), at=90)  # attempt 2 was not disrupted
+    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 1 and second.create is not None
+
+
+def test_a_preempted_head_that_vanishes_is_a_preemption() -> None:
+    _, doc, rj = running()
+    _, doc = step(doc, rj, (pod(disrupted=True),), at=5)
+    assert doc["status"]["disruptedAttempt"] == 1
+    _, doc = step(doc, rj, (), at=10)
+    lost, doc = step(doc, rj, (), at=71)
+    assert lost.delete == ["digits-a1"] and lost.create["metadata"]["name"] == "digits-a2"
+    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 0 and "Preempted" in reasons(lost)
 
 
 def test_preemptions_count_when_the_policy_says_so() -> None:
@@ -264,6 +285,59 @@ def test_a_mutable_edit_applies() -> None:
     doc["metadata"]["generation"] = 2
     _, doc = step(doc, rj, (pod(),), at=30)
     assert cond(doc, "SpecChangeRejected")["status"] == "False"
+    _, doc = step(doc, rayjob(first, "FAILED", "Failed"), at=60)
+    assert doc["status"]["phase"] == "Failed" and doc["status"]["reason"] == "RestartsExhausted"
+
+
+def test_an_immutable_edit_during_an_interrupted_restart_is_rejected() -> None:
+    first, doc, _ = running()
+    failed = rayjob(first, "FAILED", "Failed")
+    _, doc = step(doc, failed, at=60)  # status says attempt 2; the operator stopped before creating it
+    doc["spec"]["workers"] = 7
+    doc["metadata"]["generation"] = 2
+    decision, doc = step(doc, None, at=61, earlier=(failed,))
+    assert decision.create["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
+    rejected = cond(doc, "SpecChangeRejected")
+    assert rejected["status"] == "True" and "spec.workers" in rejected["message"]
+    assert [e.type for e in decision.events if e.reason == "SpecChangeRejected"] == ["Warning"]
+    again, doc = step(doc, rayjob(decision, "RUNNING", "Running"), (pod(),), at=70)
+    assert "SpecChangeRejected" not in reasons(again)  # one event when the condition turns True
+
+
+def test_an_interrupted_restart_with_no_rayjob_of_the_accepted_spec_waits_for_the_edit_to_go() -> None:
+    first, doc, _ = running()
+    original = copy.deepcopy(doc["spec"])
+    _, doc = step(doc, rayjob(first, "FAILED", "Failed"), at=60)
+    doc["spec"]["workers"] = 7
+    held, doc = step(doc, None, at=61)  # attempt 1's RayJob is gone too (a lost head's is deleted)
+    assert held.create is None and cond(doc, "SpecChangeRejected")["status"] == "True"
+    assert "revert" in cond(doc, "SpecChangeRejected")["message"] and held.requeue_after == SETTINGS.resync_s
+    doc["spec"] = original
+    reverted, doc = step(doc, None, at=70)
+    assert reverted.create["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert cond(doc, "SpecChangeRejected")["status"] == "False"
+
+
+def test_a_rejected_edit_does_not_block_suspend_and_applies_on_resume() -> None:
+    _, doc, rj = running()
+    doc["spec"]["workers"] = 8
+    _, doc = step(doc, rj, (pod(),), at=30)
+    doc["spec"]["suspend"] = True  # what the rejection message advises
+    _, doc = step(doc, rj, (pod(),), at=40)
+    assert doc["status"]["suspendRequested"] == "2026-11-22T12:00:40Z"
+    _, doc = step(doc, rj, (pod(),), at=161)
+    assert doc["status"]["phase"] == "Suspended"
+    doc["spec"]["suspend"] = False
+    resumed, doc = step(doc, None, at=200)
+    assert resumed.create["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 8
+    assert cond(doc, "SpecChangeRejected")["status"] == "False"
+
+
+def test_a_mutable_edit_applies_beside_a_rejected_one() -> None:
+    first, doc, rj = running()
+    doc["spec"].update(workers=8, restartPolicy={"maxRestarts": 0})
+    _, doc = step(doc, rj, (pod(),), at=30)
+    assert cond(doc, "SpecChangeRejected")["status"] == "True"
     _, doc = step(doc, rayjob(first, "FAILED", "Failed"), at=60)
     assert doc["status"]["phase"] == "Failed" and doc["status"]["reason"] == "RestartsExhausted"
 

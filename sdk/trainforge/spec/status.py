@@ -112,3 +112,5 @@ class TrainingJobStatus(SpecModel):
     """When the current attempt's head pod was first seen gone while its RayJob was not finished."""
     suspend_requested: Timestamp | None = None
     """When the operator started suspending: the trainer checkpoints and exits, or the grace ends."""
+    disrupted_attempt: NonNegativeInt | None = None
+    """Attempt whose pods were seen marked DisruptionTarget while it ran: its end counts as a preemption."""
