@@ -64,7 +64,7 @@ def main() -> None:
     camp.add_argument("--ckpt", action="store_true", help="also measure checkpoint cost")
     camp.add_argument("--ckpt-size", default="1.3b")
     camp.add_argument("--ckpt-dir", default="")
-    camp.add_argument("--ckpt-parts", default="engine,dcp,async,pinned")
+    camp.add_argument("--ckpt-parts", default="engine,engine_async,dcp,async,pinned")
     camp.add_argument("--deadline", type=float, default=560, help="seconds for the whole campaign")
     camp.add_argument("--min-left", type=float, default=45, help="start no run with less time left")
     camp.add_argument("--run-timeout", type=float, default=300)
@@ -96,7 +96,7 @@ def main() -> None:
     ck.add_argument("--seq", type=int, default=2048)
     ck.add_argument("--batch", type=int, default=8)
     ck.add_argument("--ckpt-dir", default="")
-    ck.add_argument("--parts", default="engine,dcp,async,pinned")
+    ck.add_argument("--parts", default="engine,engine_async,dcp,async,pinned")
 
     args = parser.parse_args()
     if args.cmd == "campaign":

@@ -1,5 +1,6 @@
 """`ckpt`: checkpoint cost of the full training state (model + AdamW) of one gpt model on one GPU:
-the engine's own save and restore (and where its time goes: torch.save vs SHA-256), DCP blocking
+the engine's own blocking save and restore (and where its time goes: torch.save vs SHA-256), the
+engine's asynchronous save as the loop drives it (stall, commit delay, state equality), DCP blocking
 save/load, DCP async_save, and a pinned side-stream copy overlapped with the next step followed by a
 background DCP write (step stall, copy and write times, step time while writing)."""
 
@@ -84,7 +85,7 @@ def cmd_ckpt(args: argparse.Namespace) -> None:
         #    under torchrun and, with async upload, under Ray Train too (the upload is what runs behind).
         engine_dir = root / "engine"
         saver = Checkpointer(loop, DirStore(engine_dir))
-        out["engine_save_s"] = timed(lambda: saver.save("interval"))
+        out["engine_save_s"] = timed(lambda: saver.save("final"))  # a final save blocks (no background write)
         out["engine_bytes"] = sum(f.stat().st_size for f in engine_dir.rglob("*") if f.is_file())
         out["engine_restore_s"] = timed(lambda: Checkpointer(loop, DirStore(engine_dir)).restore())
         shutil.rmtree(engine_dir)
@@ -126,6 +127,13 @@ def cmd_ckpt(args: argparse.Namespace) -> None:
         fut.result()
         out["dcp_async_done_s"] = time.perf_counter() - t
         shutil.rmtree(d)
+        emit({**out, "partial": True})
+
+    if "engine_async" in wanted:
+        try:
+            _engine_async(out, loop, parts, root, step, base, sync)
+        except Exception as exc:  # keep the figures above
+            out["engine_async_error"] = repr(exc)[:500]
         emit({**out, "partial": True})
 
     # 4. pinned side-stream copy overlapped with the next step, then a background DCP write (see
@@ -198,6 +206,62 @@ def _pinned_async(out: dict[str, Any], state: dict[str, Any], root: Path, step: 
         shutil.rmtree(d)
         emit({**out, "partial": True, "pinned_async": rounds})
     out["pinned_async"] = rounds
+
+
+def _engine_async(out: dict[str, Any], loop: Any, parts: Any, root: Path, step: Any, base: float, sync: Any) -> None:
+    """The engine's asynchronous save as the training loop drives it: pinning ahead of the first save
+    (and what it costs the steps meanwhile), then per save the step's stall (the `save()` call plus the
+    next step's extra time), when it is committed, and whether what landed equals the state at the step."""
+    from trainforge_trainer.checkpoint.files import MODEL_FILE, full_state
+    from trainforge_trainer.checkpoint.manager import Checkpointer
+    from trainforge_trainer.checkpoint.store import DirStore
+
+    run = root / "engine_async"
+    saver = Checkpointer(loop, DirStore(run))
+    loop.ckpt = saver
+    t = time.perf_counter()
+    saver.copier.prepare(full_state(parts.model, parts.optimizer))
+    pinning = []
+    while saver.copier.pinning and len(pinning) < 400:
+        pinning.append(step())
+    out["engine_async_pin_s"] = time.perf_counter() - t
+    out["engine_async_step_while_pinning_s"] = statistics.median(pinning) if pinning else None
+    rounds = []
+    for _ in range(3):
+        step()
+        loop.pos.step += 1
+        expected = {k: v.detach().float().cpu().clone() for k, v in parts.model.state_dict().items()}
+        sync()
+        t = time.perf_counter()
+        saver.save("interval")
+        call_s = time.perf_counter() - t
+        step_s = step(saver.before_optimizer_step)
+        during, started = [], time.perf_counter()
+        while saver.pending is not None and len(during) < 400:
+            during.append(step(saver.before_optimizer_step))
+            loop.pos.step += 1
+            saver.after_step()
+        committed_s = time.perf_counter() - started
+        name = sorted(run.glob("checkpoint_*/manifest.json"))[-1].parent
+        same = _model_equals(name / MODEL_FILE, expected)
+        shutil.rmtree(name)  # 15 GiB a round for 1.3b: keep the disk free
+        rounds.append({"call_s": call_s, "step_s": step_s, "stall_s": call_s + step_s - base,
+                       "committed_after_s": committed_s, "steps_while_writing": len(during),
+                       "step_while_writing_s": statistics.median(during) if during else None,
+                       "state_matches_step": same})
+        emit({**out, "partial": True, "engine_async": rounds})
+    out["engine_async"] = rounds
+    saver.close()
+    loop.ckpt = None
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def _model_equals(path: Path, expected: dict[str, Any]) -> bool:
+    """The saved model weights equal `expected` (taken at the save's step), every one of them."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    return saved.keys() == expected.keys() and all(torch.equal(saved[k].float(), v) for k, v in expected.items())
 
 
 def _tensors(obj: Any) -> list[Any]:

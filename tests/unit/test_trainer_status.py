@@ -94,3 +94,13 @@ def test_status_callback_rate_limits_reports_writes_checkpoints_and_relays_suspe
     callback.after_report(None, [{"epoch": 1, "step": 40}], Ckpt("b/run/checkpoint_40"))
     assert flag.sets == 1  # asked once
     assert json.dumps(writer.patches)  # JSON-ready for the API
+
+
+def test_a_checkpoint_committed_steps_after_it_was_taken_does_not_move_progress_back() -> None:
+    writer = RecordingWriter(suspend_after=100)
+    callback = StatusCallback(writer, "s3://", BestTracker("val_accuracy", "max"), 0)  # type: ignore[arg-type]
+    callback.after_report(None, [{"epoch": 1, "step": 40, "loss": 0.5}], None)
+    callback.after_report(None, [{"epoch": 1, "step": 30, "val_accuracy": 0.9}], Ckpt("b/run/checkpoint_30"))
+    last = writer.patches[-1]
+    assert last["progress"]["step"] == 40 and last["latestCheckpoint"] == "s3://b/run/checkpoint_30"
+    assert last["bestCheckpoint"]["step"] == 30  # the checkpoint keeps its own step

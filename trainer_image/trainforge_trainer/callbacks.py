@@ -54,7 +54,10 @@ class StatusCallback(UserCallback):
             log.warning("resumed from step %s (checkpoint %s)", report["resumed_step"], report.get("resumed_from"))
         if "step" not in report:  # an event (resumed, skipped checkpoints), not progress
             return
-        self.metrics.update(report)
+        late = int(report.get("step", 0)) < int(self.metrics.get("step", 0))
+        # An asynchronous save is committed (reported) a few steps after the step it was taken at:
+        # progress must not go back to that step.
+        self.metrics.update({k: v for k, v in report.items() if not (late and k in ("epoch", "step"))})
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
             self.best.offer(self.latest, int(report.get("step", 0)), report)

@@ -206,6 +206,8 @@ class Loop:
             self.meter.add_micro(micro_step(p, batch, group_size, boundary), batch_size_of(batch))
             if not boundary:
                 continue
+            if self.ckpt:
+                self.ckpt.before_optimizer_step()  # a checkpoint copy still reading the weights finishes first
             last_norm = optimizer_step(p)
             pos.step, pos.micro_in_epoch = pos.step + 1, i + 1
             self.meter.add_step()

@@ -25,8 +25,17 @@ def write_model(model: nn.Module, optimizer: Optimizer, directory: Path, sharded
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(directory / DCP_DIR))
         return
     if is_main:
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
-        torch.save({"model": model_sd, "optimizer": optim_sd}, directory / MODEL_FILE)
+        write_full_state(full_state(model, optimizer), directory)
+
+
+def full_state(model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
+    """Unsharded model and optimizer state (no collectives: DDP or one worker, rank 0 alone)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    return {"model": model_sd, "optimizer": optim_sd}
+
+
+def write_full_state(state: dict[str, Any], directory: Path) -> None:
+    torch.save(state, directory / MODEL_FILE)
 
 
 def read_model(model: nn.Module, optimizer: Optimizer, directory: Path, sharded: bool, saved_sharded: bool) -> None:

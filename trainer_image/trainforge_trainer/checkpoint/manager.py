@@ -5,9 +5,12 @@ RNG) is saved through its own `state_dict()` and restored through `load_state_di
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +30,9 @@ from trainforge.checkpoints.manifest import digest
 from trainforge.spec import CheckpointConfig
 
 from . import rng
-from .files import DCP_DIR, read_model, read_trainer, write_model, write_trainer
+from .files import DCP_DIR, full_state, read_model, read_trainer, write_full_state, write_model, write_trainer
 from .preempt import PreemptionWatch, ray_preemption_notice
+from .snapshot import HostCopier, PendingSave, Writer
 from .state import scalars, spec_changes, spec_dict, spec_hash, versions
 from .store import RayStore, Store
 
@@ -84,6 +88,10 @@ class Checkpointer:
         self.pending_rng: dict[str, Any] | None = None
         self.retention = Retention.from_config(self.cfg)
         self.ray_notices = isinstance(store, RayStore)
+        self.copier = HostCopier(loop.p.world.device)
+        self.writer = Writer()
+        self.pending: PendingSave | None = None
+        """The save being written in the background; committed at a later step boundary."""
 
     # ---- saving -------------------------------------------------------------------------------
 
@@ -91,11 +99,17 @@ class Checkpointer:
         """At an optimizer-step boundary. True when training must stop (preempted, saved)."""
         step = self.loop.pos.step
         due = bool(self.cfg.every_steps and step % self.cfg.every_steps == 0)
+        if self.pending is not None and not _distributed():
+            self.finish_pending(wait=False)
+        if self._background_writes() and self.loop.p.world.is_main:
+            self.copier.prepare(full_state(self.loop.p.model, self.loop.p.optimizer))  # once
         if step % self.check_every == 0:
-            preempt, late, drain = self._agree_on_signals()
+            preempt, late, drain, writing = self._agree_on_signals()
             if preempt:
                 self.save("preempted")
                 return True
+            if self.pending is not None and not writing:  # every rank's part is written
+                self.finish_pending(wait=True)
             if drain and not self.noticed_drain:
                 self.noticed_drain = True
                 log.warning("Ray Train reports this run's node is being drained: checkpointing now")
@@ -112,43 +126,84 @@ class Checkpointer:
     def at_end(self) -> None:
         self.save("final")
 
-    def _agree_on_signals(self) -> tuple[bool, bool, bool]:
+    def _agree_on_signals(self) -> tuple[bool, bool, bool, bool]:
+        """(preempt, a save is late, node drain, a rank is still writing): one all-reduce at a check step."""
         world = self.loop.p.world
         late = bool(self.cfg.every_seconds) and world.is_main and \
             time.monotonic() - self.last_save_time >= (self.cfg.every_seconds or 0)
-        flags = torch.tensor([float(self.watch.requested.is_set()), float(late)], device=world.device)
+        writing = self.pending is not None and not self.pending.files.done()
+        flags = torch.tensor([float(self.watch.requested.is_set()), float(late), float(writing)], device=world.device)
         if _distributed():
             torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
-        preempt, late_all = (bool(v) for v in flags.tolist())
-        return preempt, late_all, self.ray_notices and ray_preemption_notice()
+        preempt, late_all, writing_any = (bool(v) for v in flags.tolist())
+        return preempt, late_all, self.ray_notices and ray_preemption_notice(), writing_any
+
+    def before_optimizer_step(self) -> None:
+        self.copier.wait_on_train_stream()
+
+    def _background_writes(self, reason: str = "interval") -> bool:
+        """Interval and epoch saves of full (unsharded) state leave the step when `async` is on; a
+        preempted or final save is the last thing the run does, and DCP's sharded save is collective."""
+        return self.cfg.async_ and not self.loop.p.sharded and reason in ("interval", "epoch")
 
     def save(self, reason: str) -> None:
         loop, p = self.loop, self.loop.p
+        self.finish_pending(wait=True)  # one save in flight: checkpoints commit in the order taken
         if self.last_saved_step == loop.pos.step and reason != "preempted":
             return
         started = time.perf_counter()
         name = _from_main(f"checkpoint_{loop.pos.step:09d}_{time.time_ns() // 1_000_000:x}")
         local = self.store.staging(name)
-        if p.sharded:
-            (local / DCP_DIR).mkdir(exist_ok=True)
-        write_model(p.model, p.optimizer, local, p.sharded, p.world.is_main)
         rng_states = _gather(rng.capture({"augment": p.augment_rng}))
-        if p.world.is_main:
-            write_trainer(self._trainer_state(rng_states, reason), local)
-        mine = {rel: digest(str(local / rel)) for rel in owned_files(local, p.world.rank)}
-        files = {k: v for part in _gather(mine) for k, v in part.items()}
+        trainer = self._trainer_state(rng_states, reason) if p.world.is_main else None
         metrics = self._metrics(reason, name)
-        if p.world.is_main:
-            write_manifest(_local_fs(), str(local), self._manifest(files, metrics, reason))
-        blocking_s = time.perf_counter() - started
-        # A preemption grace period is short: that checkpoint is uploaded before the run stops.
-        self.store.commit(local if mine or p.world.is_main else None, name,
-                          {**metrics, "checkpoint_blocking_s": blocking_s}, self.cfg.async_ and reason != "preempted")
-        if not mine and not p.world.is_main and self.store.stages_locally:
-            shutil.rmtree(local, ignore_errors=True)
+        manifest = self._manifest({}, metrics, reason)  # files are added once written
+        if self._background_writes(reason):
+            state = self.copier.copy(full_state(p.model, p.optimizer)) if p.world.is_main else None
+            copied = self.copier.copied()
+            files = self.writer.submit(lambda: self._write_files(local, state, trainer, copied))
+        else:
+            if p.sharded:
+                (local / DCP_DIR).mkdir(exist_ok=True)
+            write_model(p.model, p.optimizer, local, p.sharded, p.world.is_main)
+            files = Future()
+            files.set_result(self._write_files(local, None, trainer, lambda: None))
+        self.pending = PendingSave(name, loop.pos.step, reason, local, metrics, manifest,
+                                   time.perf_counter() - started, files)
         self.last_saved_step, self.last_save_time = loop.pos.step, time.monotonic()
+        if not self._background_writes(reason):
+            self.finish_pending(wait=True)
+
+    def _write_files(self, local: Path, state: dict[str, Any] | None, trainer: dict[str, Any] | None,
+                     copied: Callable[[], None]) -> dict[str, Any]:
+        """This rank's files of the checkpoint (model state already written unless given), hashed."""
+        copied()
+        if state is not None:
+            write_full_state(state, local)
+        if trainer is not None:
+            write_trainer(trainer, local)
+        return {rel: digest(str(local / rel)) for rel in owned_files(local, self.loop.p.world.rank)}
+
+    def finish_pending(self, wait: bool) -> None:
+        """Commit the save written in the background: manifest last, then the store (Ray's report).
+        Every rank calls this at the same step (it gathers), except `wait=False` on a single worker."""
+        pending, p = self.pending, self.loop.p
+        if pending is None or (not wait and not pending.files.done()):
+            return
+        self.pending = None
+        mine = pending.files.result()  # what the writer raised, raised here
+        files = {k: v for part in _gather(mine) for k, v in part.items()}
         if p.world.is_main:
-            log.info("checkpoint %s (%s) staged in %.2fs", name, reason, blocking_s)
+            write_manifest(_local_fs(), str(pending.local), dataclasses.replace(pending.manifest, files=files))
+        # A preemption grace period is short: that checkpoint is uploaded before the run stops.
+        self.store.commit(pending.local if mine or p.world.is_main else None, pending.name,
+                          {**pending.metrics, "checkpoint_blocking_s": pending.blocking_s},
+                          self.cfg.async_ and pending.reason != "preempted")
+        if not mine and not p.world.is_main and self.store.stages_locally:
+            shutil.rmtree(pending.local, ignore_errors=True)
+        if p.world.is_main:
+            log.info("checkpoint %s (%s, step %d) committed; the step waited %.2fs", pending.name, pending.reason,
+                     pending.step, pending.blocking_s)
             if self.store.trainer_prunes:
                 self.apply_retention()
 
@@ -272,6 +327,12 @@ class Checkpointer:
 
     def close(self) -> None:
         self.watch.close()
+        self.writer.close()
+        self.copier.close()
+        if self.pending is not None:  # the run failed before committing it: without a manifest it was never valid
+            if self.store.stages_locally or self.loop.p.world.is_main:
+                shutil.rmtree(self.pending.local, ignore_errors=True)
+            self.pending = None
         self.store.close()
         if self.loop.p.world.is_main and self.store.trainer_prunes and self.last_saved_step >= 0:
             try:

@@ -41,7 +41,7 @@ SIZES = {
     "125m": GPTConfig(n_layer=12, n_head=12, d_model=768),
     "350m": GPTConfig(n_layer=24, n_head=16, d_model=1024),
     "760m": GPTConfig(n_layer=24, n_head=16, d_model=1536),
-    "1.3b": GPTConfig(n_layer=24, n_head=32, d_model=2048),
+    "1.3b": GPTConfig(n_layer=24, n_head=16, d_model=2048),  # head dim 128 (as Pythia-1.4B): faster attention
 }
 
 
