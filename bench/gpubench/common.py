@@ -18,7 +18,7 @@ for _p in (REPO / "trainer_image", REPO / "sdk"):
 # The entry point that the campaign runs in its subprocesses (`peak`, `raw` under torchrun, `ray`, `ckpt`).
 ENTRY = str(REPO / "bench" / "gpu_train.py")
 SEQ = {"tiny": 64, "small": 256}  # other sizes: 2048
-DEFAULT_BATCH = {"tiny": 4, "small": 4, "125m": 16, "350m": 16, "760m": 8, "1.3b": 8}
+DEFAULT_BATCH = {"tiny": 4, "small": 4, "125m": 16, "350m": 16, "760m": 8, "1.3b": 12}
 
 
 def gpt_config(size: str, seq: int) -> Any:
