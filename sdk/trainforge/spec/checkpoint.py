@@ -39,7 +39,8 @@ class CheckpointConfig(SpecModel):
     """Newest checkpoints kept (besides keepBest)."""
     keep_best: KeepBestConfig | None = None
     async_: bool = Field(default=True, alias="async")
-    """Upload in the background so the training step does not wait for storage."""
+    """Copy the state at the step, then write, hash and upload it in the background (interval and
+    epoch saves of unsharded state); the checkpoint is committed a few steps later."""
 
     @field_validator("storage")
     @classmethod
