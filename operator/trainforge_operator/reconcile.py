@@ -72,6 +72,8 @@ class _Reconciler:
         self.decision = Decision()
         self.rayjob = obs.rayjob
         self.hold = False
+        self.invalid_edit = False
+        """The job's spec no longer validates; `_parse` returned the accepted one (see there)."""
         """No attempt may be built: the spec the job accepted is nowhere to be read (see _guard_edits)."""
 
     # ---- the machine ---------------------------------------------------------------------------
@@ -126,13 +128,27 @@ class _Reconciler:
         try:
             return parse_job(doc).spec
         except SpecValidationError as err:
-            self.fail("InvalidSpec", "; ".join(map(str, err.issues)))
+            problems = "; ".join(map(str, err.issues))
+        base = None if self._not_started() else self._accepted_spec()
+        if base is None:
+            self.fail("InvalidSpec", problems)
             return None
+        # An edit that broke the spec of a job with attempts: rejected like an immutable edit, and
+        # the job goes on with the spec it accepted (nothing of the edit applies).
+        was = conditions.get(self.status.get("conditions") or [], "SpecChangeRejected") or {}
+        message = f"the edited spec is invalid and was not applied: {problems}"
+        self._set("SpecChangeRejected", "True", "InvalidEdit", message)
+        if was.get("status") != "True" or was.get("reason") != "InvalidEdit":
+            self.event("Warning", "SpecChangeRejected", message)
+        self.invalid_edit = True
+        return base
 
     def _guard_edits(self, spec: TrainingJobSpec) -> TrainingJobSpec:
         """Edits to the immutable part reach neither the running attempt nor its restarts, whatever the
         phase; they apply while the job is suspended (or before it started), as a suspended Job's
         template does. Returns the spec to go on with: the accepted one plus the current mutable fields."""
+        if self.invalid_edit:
+            return spec
         current = spec_hash(self.obs.job.get("spec") or {})
         accepted = self.status.get("specHash")
         if accepted is None or accepted == current or self._not_started():

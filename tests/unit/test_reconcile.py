@@ -279,6 +279,21 @@ def test_an_immutable_edit_is_not_applied_to_the_running_attempt_nor_its_restart
     assert workers == 2  # built from the spec the running attempt had, not the edited one
 
 
+def test_an_edit_that_breaks_the_spec_of_a_running_job_is_rejected_not_fatal() -> None:
+    first, doc, rj = running()
+    doc["spec"]["batch"] = {"size": 0}
+    doc["metadata"]["generation"] = 2
+    seen, doc = step(doc, rj, (pod(),), at=30)
+    assert doc["status"]["phase"] == "Running" and seen.create is None and not seen.delete
+    rejected = cond(doc, "SpecChangeRejected")
+    assert rejected["status"] == "True" and rejected["reason"] == "InvalidEdit"
+    assert "spec.batch.size" in rejected["message"] and "SpecChangeRejected" in reasons(seen)
+    restart, doc = step(doc, rayjob(first, "FAILED", "Failed"), at=60)
+    assert doc["status"]["phase"] == "Restarting"  # from the accepted spec
+    spec_of = lambda rj: json.loads(_env(rj)["TRAINFORGE_JOB"])["spec"]  # noqa: E731
+    assert spec_of(restart.create) == spec_of(first.create)
+
+
 def test_a_mutable_edit_applies() -> None:
     first, doc, rj = running()
     doc["spec"]["restartPolicy"] = {"maxRestarts": 0}
