@@ -135,10 +135,11 @@ class LocalRun:
     def _init_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
-            "num_cpus": os.cpu_count() or 1,
             "log_to_driver": False,
             "configure_logging": False,
         }
+        if not os.environ.get("RAY_ADDRESS"):  # RAY_ADDRESS: join that cluster, which sizes itself
+            kwargs["num_cpus"] = os.cpu_count() or 1
         kwargs.update(self.ray_init)
         return kwargs
 
