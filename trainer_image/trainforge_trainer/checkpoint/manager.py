@@ -101,7 +101,7 @@ class Checkpointer:
         due = bool(self.cfg.every_steps and step % self.cfg.every_steps == 0)
         if self.pending is not None and not _distributed():
             self.finish_pending(wait=False)
-        if self._background_writes() and self.loop.p.world.is_main:
+        if self.copier.unprepared and self._background_writes() and self.loop.p.world.is_main:
             self.copier.prepare(full_state(self.loop.p.model, self.loop.p.optimizer))  # once
         if step % self.check_every == 0:
             preempt, late, drain, writing = self._agree_on_signals()

@@ -64,6 +64,11 @@ class HostCopier:
         self._pinning.start()
 
     @property
+    def unprepared(self) -> bool:
+        """Buffers should still be prepared (a GPU whose first save is yet to come)."""
+        return self.cuda and self._pinning is None
+
+    @property
     def pinning(self) -> bool:
         return self._pinning is not None and self._pinning.is_alive()
 
