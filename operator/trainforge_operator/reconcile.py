@@ -208,6 +208,8 @@ class _Reconciler:
             self.status["startTime"] = _stamp(self.now)  # the deadline clock restarts, as for a Job
             return self.start_attempt(spec, "Resumed", "resumed after suspension")
         if phase == "Suspended":
+            if self.rayjob is not None and not observed.is_terminal(self.rayjob):  # deletion was interrupted
+                self.decision.delete.append(self.rayjob["metadata"]["name"])
             return
         active = self.rayjob is not None and not observed.is_terminal(self.rayjob)
         asked = _time(self.status.get("suspendRequested"))

@@ -232,7 +232,8 @@ def test_suspend_then_resume(kube: Kube) -> None:
         running_attempt(kube, 1)
         kube.patch(TJ, "trainingjobs", "default", "digits", {"spec": {"suspend": True}})
         st = wait_phase(kube, "Suspended")  # the trainer did not stop within the grace: deleted
-        assert st["preemptions"] == 0 and rayjobs(kube) == []
+        assert st["preemptions"] == 0
+        kube.wait_for(lambda: rayjobs(kube) == [], 5, "the RayJob deleted (after the status is written)")
         kube.patch(TJ, "trainingjobs", "default", "digits", {"spec": {"suspend": False}})
         rayjob(kube, 2)
         st = wait_phase(kube, "Restarting")

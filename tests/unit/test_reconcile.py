@@ -238,6 +238,8 @@ def test_suspend_deletes_the_attempt_when_the_trainer_does_not_stop_in_time() ->
     assert not waiting.delete and doc["status"]["phase"] == "Running"
     gone, doc = step(doc, rj, (pod(),), at=151)
     assert gone.delete == ["digits-a1"] and doc["status"]["phase"] == "Suspended"
+    again, doc = step(doc, rj, (pod(),), at=152)  # the status was written but the delete was interrupted
+    assert again.delete == ["digits-a1"] and doc["status"]["phase"] == "Suspended"
 
 
 def test_a_job_created_suspended_never_starts_until_resumed() -> None:
