@@ -135,11 +135,7 @@ class _Reconciler:
             return None
         # An edit that broke the spec of a job with attempts: rejected like an immutable edit, and
         # the job goes on with the spec it accepted (nothing of the edit applies).
-        was = conditions.get(self.status.get("conditions") or [], "SpecChangeRejected") or {}
-        message = f"the edited spec is invalid and was not applied: {problems}"
-        self._set("SpecChangeRejected", "True", "InvalidEdit", message)
-        if was.get("status") != "True" or was.get("reason") != "InvalidEdit":
-            self.event("Warning", "SpecChangeRejected", message)
+        self._reject_edit("InvalidEdit", f"the edited spec is invalid and was not applied: {problems}")
         self.invalid_edit = True
         return base
 
@@ -164,13 +160,17 @@ class _Reconciler:
         else:
             changed = _changed_fields(base, spec)
             message = f"{', '.join(f'spec.{name}' for name in changed) or 'the spec'} changed: {REJECTED}"
-        was = conditions.get(self.status.get("conditions") or [], "SpecChangeRejected") or {}
-        self._set("SpecChangeRejected", "True", "ImmutableFieldChanged", message)
-        if was.get("status") != "True":
-            self.event("Warning", "SpecChangeRejected", message)
+        self._reject_edit("ImmutableFieldChanged", message)
         if base is None:
             return spec
         return base.model_copy(update={name: getattr(spec, name) for name in MUTABLE_FIELDS})
+
+    def _reject_edit(self, reason: str, message: str) -> None:
+        """SpecChangeRejected turns True; a Warning event when it turns so, or for another reason."""
+        was = conditions.get(self.status.get("conditions") or [], "SpecChangeRejected") or {}
+        self._set("SpecChangeRejected", "True", reason, message)
+        if was.get("status") != "True" or was.get("reason") != reason:
+            self.event("Warning", "SpecChangeRejected", message)
 
     def _not_started(self) -> bool:
         """No attempt has run, or none runs now because the job is suspended: an edit is safe to take.

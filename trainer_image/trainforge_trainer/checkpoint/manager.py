@@ -158,7 +158,8 @@ class Checkpointer:
         trainer = self._trainer_state(rng_states, reason) if p.world.is_main else None
         metrics = self._metrics(reason, name)
         manifest = self._manifest({}, metrics, reason)  # files are added once written
-        if self._background_writes(reason):
+        background = self._background_writes(reason)
+        if background:
             state = self.copier.copy(full_state(p.model, p.optimizer)) if p.world.is_main else None
             copied = self.copier.copied()
             files = self.writer.submit(lambda: self._write_files(local, state, trainer, copied))
@@ -171,7 +172,7 @@ class Checkpointer:
         self.pending = PendingSave(name, loop.pos.step, reason, local, metrics, manifest,
                                    time.perf_counter() - started, files)
         self.last_saved_step, self.last_save_time = loop.pos.step, time.monotonic()
-        if not self._background_writes(reason):
+        if not background:
             self.finish_pending(wait=True)
 
     def _write_files(self, local: Path, state: dict[str, Any] | None, trainer: dict[str, Any] | None,
