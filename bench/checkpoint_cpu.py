@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.table import Table
 from trainforge.checkpoints import resolve_storage
 from trainforge.spec import parse_job
-from trainforge_trainer.checkpoint.manager import Checkpointer
 from trainforge_trainer.checkpoint.store import DirStore, UploadStore
 from trainforge_trainer.dist import World
 from trainforge_trainer.loop import JsonlLog, Loop, build, micro_step, optimizer_step
@@ -47,12 +46,12 @@ class Quiet:
 def trained_loop(config: dict[str, Any]) -> Loop:
     doc = {"apiVersion": "trainforge.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "bench"},
            "spec": {**config, "maxSteps": 10, "checkpoint": {"everyEpoch": False, "keep": 100}}}
-    parts = build(parse_job(doc).spec, World(0, 0, 1, torch.device("cpu")))
-    loop = Loop(parts, Quiet(), JsonlLog(None))
-    batch = next(iter(parts.train))
-    micro_step(parts, batch, 1, True)
-    optimizer_step(parts)  # optimizer state exists, as in any real checkpoint
-    loop.pos.step = 1
+    components = build(parse_job(doc).spec, World(0, 0, 1, torch.device("cpu")))
+    loop = Loop(components, Quiet(), JsonlLog(None))
+    batch = next(iter(components.train))
+    micro_step(components, batch, 1, True)
+    optimizer_step(components)  # optimizer state exists, as in any real checkpoint
+    loop.state.position.step = 1
     return loop
 
 
@@ -64,32 +63,37 @@ def timed(fn: Any) -> float:
 
 def measure(name: str, config: dict[str, Any], s3: Any, repeat: int) -> dict[str, Any]:
     loop = trained_loop(config)
-    params = sum(p.numel() for p in loop.p.model.parameters())
+    params = sum(p.numel() for p in loop.components.model.parameters())
     rows: dict[str, list[float]] = {k: [] for k in ("local", "s3_sync", "s3_async_stall", "s3_upload",
                                                      "resume_local", "resume_s3")}
     size = 0
     for i in range(repeat):
-        loop.pos.step += 1
+        loop.state.position.step += 1
         local_dir = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
-        saver = Checkpointer(loop, DirStore(local_dir))
+        saver = loop.checkpointer(DirStore(local_dir))
+        saver.cfg = saver.cfg.model_copy(update={"async_": False})  # the whole save, committed when it returns
         rows["local"].append(timed(lambda s=saver: s.save("interval")))
+        saver.close()
         size = sum(f.stat().st_size for f in local_dir.rglob("*") if f.is_file())
         fresh = trained_loop(config)
-        rows["resume_local"].append(timed(lambda f=fresh, d=local_dir: Checkpointer(f, DirStore(d)).restore()))
+        rows["resume_local"].append(timed(lambda f=fresh, d=local_dir: f.checkpointer(DirStore(d)).restore()))
         shutil.rmtree(local_dir)
 
         run_path = f"{s3.path}/{name}-{i}"
         sync = UploadStore(s3.filesystem, run_path)
-        saver = Checkpointer(loop, sync)
+        saver = loop.checkpointer(sync)
         saver.cfg = saver.cfg.model_copy(update={"async_": False})
         rows["s3_sync"].append(timed(lambda s=saver: s.save("interval")))
+        saver.close()
         async_store = UploadStore(s3.filesystem, run_path + "-async")
-        saver = Checkpointer(loop, async_store)
+        saver = loop.checkpointer(async_store)
         saver.cfg = saver.cfg.model_copy(update={"async_": True})
-        rows["s3_async_stall"].append(timed(lambda s=saver: s.save("interval")))
-        rows["s3_upload"].append(rows["s3_async_stall"][-1] + timed(async_store.close))
+        rows["s3_async_stall"].append(timed(lambda s=saver: s.save("interval")))  # written in the background
+        # Committed at the next step boundary (manifest, then the upload in the background); close waits for it.
+        rows["s3_upload"].append(rows["s3_async_stall"][-1] + timed(lambda s=saver: (s.finish_pending(wait=True),
+                                                                                      s.close())))
         fresh = trained_loop(config)
-        rows["resume_s3"].append(timed(lambda f=fresh, r=run_path: Checkpointer(f, UploadStore(s3.filesystem, r))
+        rows["resume_s3"].append(timed(lambda f=fresh, r=run_path: f.checkpointer(UploadStore(s3.filesystem, r))
                                        .restore()))
         for path in (run_path, run_path + "-async"):  # moto keeps objects in memory
             s3.filesystem.delete_dir(path)

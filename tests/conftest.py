@@ -34,7 +34,7 @@ def repo_root() -> Path:
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole session: each start costs ~20 s on a 2-core machine."""
     import ray
-    from trainforge.local.runner import prepare_ray_env
+    from trainforge_trainer.driver import prepare_ray_env
 
     prepare_ray_env()
     temp_dir = tempfile.mkdtemp(prefix="tfray", dir="/tmp")  # short: Ray's socket paths have a length limit

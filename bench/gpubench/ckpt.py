@@ -11,6 +11,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,52 +20,14 @@ from .engine import job_doc
 
 
 def cmd_ckpt(args: argparse.Namespace) -> None:
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    from trainforge.spec import parse_job
-    from trainforge_trainer.checkpoint.manager import Checkpointer
-    from trainforge_trainer.checkpoint.store import DirStore
-    from trainforge_trainer.dist import World
-    from trainforge_trainer.loop import JsonlLog, Loop, build, micro_step, optimizer_step
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     use_cuda = args.device == "cuda"
-    dev = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-
-    def sync() -> None:
-        if use_cuda:
-            torch.cuda.synchronize()
-
-    doc = job_doc(args.size, args.seq, args.batch, 1000, 10, False, "ddp", 1, args.device, "ckpt")
-    parts = build(parse_job(doc).spec, World(0, 0, 1, dev))
-
-    class Quiet:
-        def report(self, metrics: dict[str, Any]) -> None:
-            pass
-
-    loop = Loop(parts, Quiet(), JsonlLog(None))
-    it = iter(parts.train)
-
-    def batch() -> Any:
-        x, y = next(it)
-        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-
-    def step(wait: Any = None) -> float:
-        sync()
-        t = time.perf_counter()
-        micro_step(parts, batch(), 1, True)
-        if wait is not None:
-            wait()
-        optimizer_step(parts)
-        sync()
-        return time.perf_counter() - t
-
-    for _ in range(3):
-        step()
-    loop.pos.step = 3
+    loop, step, sync = _trained_loop(args)
+    components = loop.components
     base = statistics.median(step() for _ in range(5))
     out: dict[str, Any] = {"kind": "ckpt", "size": args.size, "batch": args.batch, "step_s": base}
-    model_sd, optim_sd = get_state_dict(parts.model, parts.optimizer)
+    model_sd, optim_sd = get_state_dict(components.model, components.optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     out["state_gib"] = sum(t.numel() * t.element_size() for t in _tensors(state)) / 2**30
     root = Path(args.ckpt_dir or tempfile.gettempdir()) / "tf-bench-ckpt"
@@ -81,57 +44,14 @@ def cmd_ckpt(args: argparse.Namespace) -> None:
 
     wanted = args.parts.split(",")
     if "engine" in wanted:
-        # 1. the engine's own save (state dicts, torch.save, SHA-256, manifest): what the step waits for
-        #    under torchrun and, with async upload, under Ray Train too (the upload is what runs behind).
-        engine_dir = root / "engine"
-        saver = Checkpointer(loop, DirStore(engine_dir))
-        out["engine_save_s"] = timed(lambda: saver.save("final"))  # a final save blocks (no background write)
-        out["engine_bytes"] = sum(f.stat().st_size for f in engine_dir.rglob("*") if f.is_file())
-        out["engine_restore_s"] = timed(lambda: Checkpointer(loop, DirStore(engine_dir)).restore())
-        shutil.rmtree(engine_dir)
-        emit({**out, "partial": True})
-        # ... where the engine's save time goes: the state dicts written with torch.save, and SHA-256.
-        from trainforge.checkpoints.manifest import digest
-        from trainforge_trainer.checkpoint.files import write_model
-
-        d = root / "engine_parts"
-        d.mkdir()
-        out["engine_write_model_s"] = timed(lambda: write_model(parts.model, parts.optimizer, d, False, True))
-        files = [f for f in d.rglob("*") if f.is_file()]
-        out["engine_sha256_s"] = timed(lambda: [digest(str(f)) for f in files])
-        shutil.rmtree(d)
-        emit({**out, "partial": True})
-
+        _engine_blocking(out, loop, root, timed)
     if "dcp" in wanted:
-        # 2. DCP blocking save and load
-        d = root / "dcp_sync"
-        out["dcp_save_s"] = timed(lambda: dcp.save(state, checkpoint_id=str(d)))
-
-        def load() -> None:
-            m, o = get_state_dict(parts.model, parts.optimizer)
-            st = {"model": m, "optimizer": o}
-            dcp.load(st, checkpoint_id=str(d))
-            set_state_dict(parts.model, parts.optimizer, model_state_dict=st["model"], optim_state_dict=st["optimizer"])
-
-        out["dcp_load_s"] = timed(load)
-        shutil.rmtree(d)
-        emit({**out, "partial": True})
-
+        _dcp_blocking(out, components, state, root, timed)
     if "async" in wanted:
-        # 3. DCP async_save, default staging (a blocking copy into CPU memory, then a writer thread)
-        d = root / "dcp_async"
-        sync()
-        t = time.perf_counter()
-        fut = dcp.async_save(state, checkpoint_id=str(d))
-        out["dcp_async_return_s"] = time.perf_counter() - t
-        fut.result()
-        out["dcp_async_done_s"] = time.perf_counter() - t
-        shutil.rmtree(d)
-        emit({**out, "partial": True})
-
+        _dcp_async(out, state, root, sync)
     if "engine_async" in wanted:
         try:
-            _engine_async(out, loop, parts, root, step, base, sync)
+            _engine_async(out, loop, components, root, step, base, sync)
         except Exception as exc:  # keep the figures above
             out["engine_async_error"] = repr(exc)[:500]
         emit({**out, "partial": True})
@@ -145,6 +65,112 @@ def cmd_ckpt(args: argparse.Namespace) -> None:
             out["pinned_async_error"] = repr(exc)[:500]
     shutil.rmtree(root, ignore_errors=True)
     emit(out)
+
+
+def _trained_loop(args: argparse.Namespace) -> tuple[Any, Callable[..., float], Callable[[], None]]:
+    """The engine's loop for one gpt model after 3 steps (optimizer state exists), a function that
+    times one more step (optionally waiting on something before its optimizer step), and a sync."""
+    import torch
+    from trainforge.spec import parse_job
+    from trainforge_trainer.dist import World
+    from trainforge_trainer.loop import JsonlLog, Loop, build, micro_step, optimizer_step
+
+    use_cuda = args.device == "cuda"
+    dev = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+
+    def sync() -> None:
+        if use_cuda:
+            torch.cuda.synchronize()
+
+    doc = job_doc(args.size, args.seq, args.batch, 1000, 10, False, "ddp", 1, args.device, "ckpt")
+    components = build(parse_job(doc).spec, World(0, 0, 1, dev))
+
+    class Quiet:
+        def report(self, metrics: dict[str, Any]) -> None:
+            pass
+
+    loop = Loop(components, Quiet(), JsonlLog(None))
+    it = iter(components.train)
+
+    def batch() -> Any:
+        x, y = next(it)
+        return x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+    def step(wait: Any = None) -> float:
+        sync()
+        t = time.perf_counter()
+        micro_step(components, batch(), 1, True)
+        if wait is not None:
+            wait()
+        optimizer_step(components)
+        sync()
+        return time.perf_counter() - t
+
+    for _ in range(3):
+        step()
+    loop.state.position.step = 3
+    return loop, step, sync
+
+
+def _engine_blocking(out: dict[str, Any], loop: Any, root: Path, timed: Callable[[Any], float]) -> None:
+    """1. the engine's own save (state dicts, torch.save, SHA-256, manifest): what the step waits for
+    under torchrun and, with async upload, under Ray Train too (the upload is what runs behind); then
+    where its time goes: the state dicts written with torch.save, and SHA-256."""
+    from trainforge.checkpoints.manifest import digest
+    from trainforge_trainer.checkpoint.files import ModelOptimizer, write_model
+    from trainforge_trainer.checkpoint.store import DirStore
+
+    engine_dir = root / "engine"
+    saver = loop.checkpointer(DirStore(engine_dir))
+    out["engine_save_s"] = timed(lambda: saver.save("final"))  # a final save blocks (no background write)
+    out["engine_bytes"] = sum(f.stat().st_size for f in engine_dir.rglob("*") if f.is_file())
+    out["engine_restore_s"] = timed(lambda: loop.checkpointer(DirStore(engine_dir)).restore())
+    shutil.rmtree(engine_dir)
+    emit({**out, "partial": True})
+    d = root / "engine_parts"
+    d.mkdir()
+    whole = ModelOptimizer(loop.components.model, loop.components.optimizer, sharded=False)
+    out["engine_write_model_s"] = timed(lambda: write_model(whole, d, is_main=True))
+    files = [f for f in d.rglob("*") if f.is_file()]
+    out["engine_sha256_s"] = timed(lambda: [digest(str(f)) for f in files])
+    shutil.rmtree(d)
+    emit({**out, "partial": True})
+
+
+def _dcp_blocking(out: dict[str, Any], components: Any, state: dict[str, Any], root: Path,
+                  timed: Callable[[Any], float]) -> None:
+    """2. DCP blocking save and load."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    d = root / "dcp_sync"
+    out["dcp_save_s"] = timed(lambda: dcp.save(state, checkpoint_id=str(d)))
+
+    def load() -> None:
+        m, o = get_state_dict(components.model, components.optimizer)
+        st = {"model": m, "optimizer": o}
+        dcp.load(st, checkpoint_id=str(d))
+        set_state_dict(components.model, components.optimizer, model_state_dict=st["model"],
+                       optim_state_dict=st["optimizer"])
+
+    out["dcp_load_s"] = timed(load)
+    shutil.rmtree(d)
+    emit({**out, "partial": True})
+
+
+def _dcp_async(out: dict[str, Any], state: dict[str, Any], root: Path, sync: Callable[[], None]) -> None:
+    """3. DCP async_save, default staging (a blocking copy into CPU memory, then a writer thread)."""
+    import torch.distributed.checkpoint as dcp
+
+    d = root / "dcp_async"
+    sync()
+    t = time.perf_counter()
+    fut = dcp.async_save(state, checkpoint_id=str(d))
+    out["dcp_async_return_s"] = time.perf_counter() - t
+    fut.result()
+    out["dcp_async_done_s"] = time.perf_counter() - t
+    shutil.rmtree(d)
+    emit({**out, "partial": True})
 
 
 def _pinned_async(out: dict[str, Any], state: dict[str, Any], root: Path, step: Any, base: float) -> None:
@@ -208,19 +234,19 @@ def _pinned_async(out: dict[str, Any], state: dict[str, Any], root: Path, step: 
     out["pinned_async"] = rounds
 
 
-def _engine_async(out: dict[str, Any], loop: Any, parts: Any, root: Path, step: Any, base: float, sync: Any) -> None:
+def _engine_async(out: dict[str, Any], loop: Any, components: Any, root: Path, step: Any, base: float,
+                  sync: Any) -> None:
     """The engine's asynchronous save as the training loop drives it: pinning ahead of the first save
     (and what it costs the steps meanwhile), then per save the step's stall (the `save()` call plus the
     next step's extra time), when it is committed, and whether what landed equals the state at the step."""
-    from trainforge_trainer.checkpoint.files import MODEL_FILE, full_state
-    from trainforge_trainer.checkpoint.manager import Checkpointer
+    from trainforge_trainer.checkpoint.files import MODEL_FILE
     from trainforge_trainer.checkpoint.store import DirStore
 
     run = root / "engine_async"
-    saver = Checkpointer(loop, DirStore(run))
+    saver = loop.checkpointer(DirStore(run))
     loop.ckpt = saver
     t = time.perf_counter()
-    saver.copier.prepare(full_state(parts.model, parts.optimizer))
+    saver.copier.prepare(saver.model.state_dict())
     pinning = []
     while saver.copier.pinning and len(pinning) < 400:
         pinning.append(step())
@@ -229,8 +255,8 @@ def _engine_async(out: dict[str, Any], loop: Any, parts: Any, root: Path, step: 
     rounds = []
     for _ in range(3):
         step()
-        loop.pos.step += 1
-        expected = {k: v.detach().float().cpu().clone() for k, v in parts.model.state_dict().items()}
+        loop.state.position.step += 1
+        expected = {k: v.detach().float().cpu().clone() for k, v in components.model.state_dict().items()}
         sync()
         t = time.perf_counter()
         saver.save("interval")
@@ -239,7 +265,7 @@ def _engine_async(out: dict[str, Any], loop: Any, parts: Any, root: Path, step: 
         during, started = [], time.perf_counter()
         while saver.pending is not None and len(during) < 400:
             during.append(step(saver.before_optimizer_step))
-            loop.pos.step += 1
+            loop.state.position.step += 1
             saver.after_step()
         committed_s = time.perf_counter() - started
         name = sorted(run.glob("checkpoint_*/manifest.json"))[-1].parent

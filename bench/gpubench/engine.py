@@ -41,8 +41,9 @@ def job_doc(size: str, seq: int, batch: int, steps: int, window: int, compile_: 
 def cmd_ray(args: argparse.Namespace) -> None:
     """Mode c: every job in --jobs (a JSON list of manifests) through LocalRun, one Ray session."""
     import ray
-    from trainforge.local.runner import LocalRun, prepare_ray_env
     from trainforge.spec import parse_job
+    from trainforge_trainer.driver import prepare_ray_env
+    from trainforge_trainer.local.runner import LocalRun
 
     jobs = json.loads(Path(args.jobs).read_text())
     prepare_ray_env()

@@ -8,17 +8,23 @@ from datetime import datetime, timezone
 from typing import Any
 
 from trainforge import __version__
-from trainforge.spec import API_GROUP, API_VERSION
+from trainforge.spec.contract import (
+    API_GROUP,
+    API_VERSION,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    PLURAL,
+    RAY_GROUP,
+    RAY_VERSION,
+    RAYJOBS,
+    VERSION,
+    attempt_name,
+)
 
 from .observed import Observed
-from .rayjob import LABEL_ATTEMPT, LABEL_JOB, RAY_API_VERSION, attempt_name
 from .reconcile import Decision
 
 log = logging.getLogger("trainforge.operator")
-VERSION = API_VERSION.split("/")[1]
-PLURAL = "trainingjobs"
-RAY_GROUP, RAY_VERSION = RAY_API_VERSION.split("/")
-RAYJOBS = "rayjobs"
 USER_AGENT = f"trainforge-operator/{__version__}"
 
 

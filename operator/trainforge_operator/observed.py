@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from trainforge.lifecycle import AttemptState, AttemptView
+from trainforge.spec.contract import attempt_name
+
 TERMINAL_DEPLOYMENT = frozenset({"Complete", "Failed"})
 TERMINAL_JOB = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 HEAD_LABEL = ("ray.io/node-type", "head")
@@ -74,3 +77,18 @@ def disrupted(pods: Sequence[Mapping[str, Any]]) -> list[str]:
             if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
                 names.append((pod.get("metadata") or {}).get("name", "?"))
     return names
+
+
+def attempt_view(obs: Observed, attempt: int) -> AttemptView:
+    """The current attempt as the lifecycle sees it."""
+    rayjob, name = obs.rayjob, (obs.job.get("metadata") or {}).get("name", "")
+    if rayjob is None:
+        return AttemptView(AttemptState.NONE, f"RayJob {attempt_name(name, attempt)} disappeared")
+    hit = bool(disrupted(obs.pods))
+    if is_terminal(rayjob):
+        state = AttemptState.SUCCEEDED if succeeded(rayjob) else AttemptState.ENDED
+        return AttemptView(state, failure_message(rayjob), disrupted=hit)
+    cluster = cluster_name(rayjob)
+    head_lost = bool(cluster) and is_running(rayjob) and not head_present(obs.pods)
+    return AttemptView(AttemptState.RUNNING if is_running(rayjob) else AttemptState.PENDING,
+                       f"the head pod of {cluster}" if head_lost else "", disrupted=hit, head_lost=head_lost)

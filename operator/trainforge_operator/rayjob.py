@@ -8,31 +8,33 @@ head container's SPEC_ENV variable, which the Ray driver inherits (raylet -> job
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trainforge.spec import API_VERSION, KIND, EnvVar, Toleration, TrainingJobSpec
+from trainforge.spec.contract import (
+    ANNOTATION_GENERATION,
+    ANNOTATION_SPEC_HASH,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    RAY_API_VERSION,
+    SPEC_ENV,
+    TRAINER_MODULE,
+    TrainerPayload,
+    attempt_name,
+)
 
-from .settings import SPEC_ENV, TRAINER_MODULE, OperatorSettings
+from .settings import OperatorSettings
 
-RAY_API_VERSION = "ray.io/v1"
 ENTRYPOINT = f"python -m {TRAINER_MODULE}"
 WORKER_GROUP, HEAD_CONTAINER, WORKER_CONTAINER = "workers", "ray-head", "ray-worker"
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
-LABEL_JOB, LABEL_ATTEMPT = "trainforge.dev/job", "trainforge.dev/attempt"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-ANNOTATION_GENERATION = "trainforge.dev/generation"
-ANNOTATION_SPEC_HASH = "trainforge.dev/spec-hash"
 STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
 
 Manifest = dict[str, Any]
-
-
-def attempt_name(job_name: str, attempt: int) -> str:
-    return f"{job_name}-a{attempt}"
 
 
 def storage_for(spec: TrainingJobSpec, namespace: str, settings: OperatorSettings) -> str | None:
@@ -55,20 +57,15 @@ def endpoint_for(spec: TrainingJobSpec, storage: str | None, settings: OperatorS
 
 
 def job_payload(body: Mapping[str, Any], spec: TrainingJobSpec, settings: OperatorSettings,
-                attempt: int = 1) -> Manifest:
-    """Everything the trainer needs. runName is the job's name in every attempt: same run, so it resumes."""
+                attempt: int = 1) -> TrainerPayload:
+    """Everything the trainer needs. runName is the job's name in every attempt: same run, so it resumes.
+    Only called once storage_for found a storage (reconcile fails the job otherwise)."""
     meta = body["metadata"]
     storage = storage_for(spec, meta["namespace"], settings)
-    return {
-        "name": meta["name"],
-        "namespace": meta["namespace"],
-        "uid": meta["uid"],
-        "attempt": attempt,
-        "runName": meta["name"],
-        "storage": storage,
-        "endpoint": endpoint_for(spec, storage, settings),
-        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-    }
+    assert storage is not None
+    return TrainerPayload(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], attempt=attempt,
+                          run_name=meta["name"], storage=storage, endpoint=endpoint_for(spec, storage, settings),
+                          spec=spec)
 
 
 def payload_spec(rayjob: Mapping[str, Any]) -> TrainingJobSpec | None:
@@ -76,7 +73,7 @@ def payload_spec(rayjob: Mapping[str, Any]) -> TrainingJobSpec | None:
     try:
         head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
         text = next(var["value"] for var in head.get("env") or [] if var.get("name") == SPEC_ENV)
-        return TrainingJobSpec.model_validate(json.loads(text)["spec"])
+        return TrainerPayload.from_json(text).spec
     except (KeyError, IndexError, TypeError, StopIteration, ValueError):  # ValidationError is a ValueError
         return None
 
@@ -89,14 +86,14 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
     name = attempt_name(meta["name"], attempt)
     labels = attempt_labels(meta["name"], attempt)
     payload = job_payload(body, spec, settings, attempt)
-    storage_env = storage_env_vars(spec, payload["endpoint"])
+    storage_env = storage_env_vars(spec, payload.endpoint)
     user_env = [k8s_env_var(var) for var in spec.env]
     # Deleting a running RayJob (the suspend grace is over) makes KubeRay stop its Ray job: SIGTERM,
     # then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S, 3 s by default, too short to save a checkpoint.
     # The pod's grace is the time the operator allows for that; a user's own value still wins.
     stop_env = [{"name": STOP_WAIT_ENV, "value": str(settings.termination_grace_s)}]
     head_env = merge_env(storage_env, stop_env, user_env,
-                         [{"name": SPEC_ENV, "value": json.dumps(payload, sort_keys=True)}])
+                         [{"name": SPEC_ENV, "value": payload.to_json()}])
     rayjob_spec: Manifest = {
         "entrypoint": ENTRYPOINT,
         # K8sJobMode (the default) is spelled out: a trainforge upgrade should not change how jobs submit.

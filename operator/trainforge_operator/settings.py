@@ -11,9 +11,6 @@ from trainforge import __version__
 
 DEFAULT_IMAGE = f"ghcr.io/trainforge/trainer:{__version__}"
 RAY_VERSION = "2.60.0"
-SPEC_ENV = "TRAINFORGE_JOB"
-"""Env var on the head container carrying the TrainingJob (name, namespace, uid, spec) as JSON."""
-TRAINER_MODULE = "trainforge_trainer.run"
 
 
 @dataclass(frozen=True)

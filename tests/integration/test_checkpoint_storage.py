@@ -48,24 +48,23 @@ def test_an_outage_in_the_middle_of_a_transfer_loses_nothing(tmp_path: Path, mot
 
 
 def test_async_uploads_without_ray_land_in_order_and_resume(moto_endpoint: str, bucket: str) -> None:
-    from trainforge_trainer.checkpoint.manager import Checkpointer
     from trainforge_trainer.checkpoint.store import UploadStore
     from trainforge_trainer.loop import JsonlLog, Loop
 
-    from tests.unit.test_engine import Collect, parts_for
+    from tests.unit.test_engine import Collect, components_for
 
     target = resolve_storage(f"s3://{bucket}/runs", endpoint=moto_endpoint)
     spec = {"batch": {"size": 64}, "maxSteps": 8, "eval": {"everyEpoch": False},
             "checkpoint": {"everySteps": 2, "everyEpoch": False, "keep": 2, "async": True}}
-    loop = Loop(parts_for(**spec), Collect(), JsonlLog(None))
-    loop.ckpt = Checkpointer(loop, UploadStore(target.filesystem, target.run_path("job")))
+    loop = Loop(components_for(**spec), Collect(), JsonlLog(None))
+    loop.ckpt = loop.checkpointer(UploadStore(target.filesystem, target.run_path("job")))
     loop.fit()
     loop.ckpt.close()  # waits for the last upload
     entries = list_checkpoints(target.filesystem, target.run_path("job"), hashes=True)
     assert [e.step for e in entries if e.verdict.valid] == [6, 8]  # keep 2, pruned while training
     assert [e.manifest.status for e in entries if not e.verdict.valid] == ["pruned", "pruned"]
 
-    again = Loop(parts_for(**spec), Collect(), JsonlLog(None))
-    again.ckpt = Checkpointer(again, UploadStore(target.filesystem, target.run_path("job")))
+    again = Loop(components_for(**spec), Collect(), JsonlLog(None))
+    again.ckpt = again.checkpointer(UploadStore(target.filesystem, target.run_path("job")))
     again.resume()
-    assert again.pos.step == 8
+    assert again.state.position.step == 8

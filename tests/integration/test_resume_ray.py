@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-from trainforge.local import LocalRun
 from trainforge.spec import load_jobs
 from trainforge.spec.yamlio import dumps
+from trainforge_trainer.local.runner import LocalRun
 
 from tests.conftest import ROOT
 from tests.unit.manifests import manifest

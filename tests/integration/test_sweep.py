@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from trainforge.cli import cli
-from trainforge.local import LocalRun
 from trainforge.spec import parse_job
+from trainforge_trainer.local.runner import LocalRun
 
 from tests.conftest import ROOT
 from tests.integration.test_resume_ray import TRAINFORGE, kill_session

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from trainforge.checkpoints import list_checkpoints
 from trainforge_trainer.checkpoint.files import MODEL_FILE
-from trainforge_trainer.checkpoint.manager import Checkpointer
 from trainforge_trainer.checkpoint.store import DirStore
 
 from tests.unit.test_checkpoint_engine import loop_for, saved
@@ -55,12 +54,12 @@ def test_a_background_save_commits_at_a_later_step_and_only_then_is_valid(tmp_pa
     loop.fit()  # trains 2 steps and builds the optimizer state a save needs
     ckpt = loop.ckpt
     assert ckpt is not None
-    loop.pos.step = 3
+    loop.state.position.step = 3
     ckpt.save("interval")
     assert ckpt.pending is not None and ckpt.pending.step == 3
     ckpt.pending.files.result()  # written ...
     assert saved(tmp_path) == [(2, "final")]  # ... but not committed: no manifest, not a checkpoint
-    loop.pos.step = 4
+    loop.state.position.step = 4
     ckpt.after_step()  # the next step boundary commits it
     assert ckpt.pending is None and saved(tmp_path) == [(2, "final"), (3, "interval")]
 
@@ -70,9 +69,9 @@ def test_a_preemption_commits_the_save_in_flight_first(tmp_path: Path) -> None:
     loop.fit()
     ckpt = loop.ckpt
     assert ckpt is not None
-    loop.pos.step = 3
+    loop.state.position.step = 3
     ckpt.save("interval")
-    loop.pos.step = 4
+    loop.state.position.step = 4
     ckpt.watch.requested.set()
     assert ckpt.after_step()  # told to stop
     assert saved(tmp_path) == [(2, "final"), (3, "interval"), (4, "preempted")]
@@ -83,10 +82,10 @@ def test_a_run_that_fails_mid_write_leaves_no_checkpoint_behind(tmp_path: Path) 
     loop.fit()
     ckpt = loop.ckpt
     assert ckpt is not None
-    loop.pos.step = 3
+    loop.state.position.step = 3
     ckpt.save("interval")
     staged = ckpt.pending.local if ckpt.pending else None
     ckpt.close()  # the run ends (an error) before the step that would commit it
     assert staged is not None and not staged.exists()
-    again = Checkpointer(loop, DirStore(tmp_path))
+    again = loop.checkpointer(DirStore(tmp_path))
     assert [e.step for e in again.candidates()[0]] == [2]

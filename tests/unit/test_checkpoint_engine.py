@@ -9,17 +9,16 @@ from typing import Any
 
 import pytest
 import torch
-from trainforge_trainer.checkpoint.manager import Checkpointer
 from trainforge_trainer.checkpoint.store import DirStore
 from trainforge_trainer.loop import JsonlLog, Loop
 
-from tests.unit.test_engine import Collect, parts_for
+from tests.unit.test_engine import Collect, components_for
 
 
 def loop_for(run: Path, **spec: Any) -> tuple[Loop, Collect]:
     reports = Collect()
-    loop = Loop(parts_for(**spec), reports, JsonlLog(None))
-    loop.ckpt = Checkpointer(loop, DirStore(run))
+    loop = Loop(components_for(**spec), reports, JsonlLog(None))
+    loop.ckpt = loop.checkpointer(DirStore(run))
     return loop, reports
 
 
@@ -52,13 +51,12 @@ def test_every_stateful_part_round_trips(tmp_path: Path) -> None:
     first.fit()
     second, reports = loop_for(tmp_path, **spec)
     second.resume()
-    a, b = first.p, second.p
+    a, b = first.components, second.components
     assert reports.reports[0]["resumed_step"] == 12
-    assert second.pos.state_dict() == first.pos.state_dict()
+    assert second.state.position == first.state.position and second.state.last_eval == first.state.last_eval
     assert b.schedule.state_dict() == a.schedule.state_dict() and b.schedule.lr == a.schedule.lr
     assert b.precision.state_dict() == a.precision.state_dict()  # the fp16 GradScaler's scale and tracker
     assert b.early.state_dict() == a.early.state_dict()
-    assert second.last_eval == first.last_eval
     for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
         assert torch.equal(x, y)
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
@@ -88,7 +86,7 @@ def test_a_newest_checkpoint_with_altered_bytes_falls_back_to_the_previous(tmp_p
     again, reports = loop_for(tmp_path, **spec)
     again.resume()
     event = reports.reports[0]
-    assert event["resumed_step"] == 3 and again.pos.step == 3
+    assert event["resumed_step"] == 3 and again.state.position.step == 3
     assert "does not match its SHA-256" in event["skipped_checkpoints"][0]
 
 
@@ -101,20 +99,20 @@ def test_a_run_starts_from_another_runs_checkpoint_with_its_own_hyperparameters(
     donor.fit()
     (at_6,) = (tmp_path / "donor").glob("checkpoint_000000006_*")
     reports = Collect()
-    taker = Loop(parts_for(optimizer={"lr": 5e-3, "weightDecay": 0.1}, **spec), reports, JsonlLog(None))
-    taker.ckpt = Checkpointer(taker, DirStore(tmp_path / "taker"), init_from=str(at_6))
+    taker = Loop(components_for(optimizer={"lr": 5e-3, "weightDecay": 0.1}, **spec), reports, JsonlLog(None))
+    taker.ckpt = taker.checkpointer(DirStore(tmp_path / "taker"), init_from=str(at_6))
     taker.resume()
-    assert reports.reports[0]["resumed_step"] == 6 and taker.pos.step == 6
-    groups = taker.p.optimizer.param_groups
+    assert reports.reports[0]["resumed_step"] == 6 and taker.state.position.step == 6
+    groups = taker.components.optimizer.param_groups
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]  # decayed weights; biases and norms
-    assert taker.p.schedule.peak_lr == 5e-3 and groups[0]["lr"] == taker.p.schedule.lr_at(6)
+    assert taker.components.schedule.peak_lr == 5e-3 and groups[0]["lr"] == taker.components.schedule.lr_at(6)
     assert taker.fit()["step"] == 10
     assert saved(tmp_path / "taker") == [(10, "final")]  # its own run; the donor's is untouched
     assert saved(tmp_path / "donor") == [(6, "interval"), (10, "final")]
 
 
 def test_a_run_told_to_start_from_a_missing_checkpoint_refuses_to_start_from_scratch(tmp_path: Path) -> None:
-    loop = Loop(parts_for(batch={"size": 64}, maxSteps=4), Collect(), JsonlLog(None))
-    loop.ckpt = Checkpointer(loop, DirStore(tmp_path / "taker"), init_from=str(tmp_path / "donor/checkpoint_1_1"))
+    loop = Loop(components_for(batch={"size": 64}, maxSteps=4), Collect(), JsonlLog(None))
+    loop.ckpt = loop.checkpointer(DirStore(tmp_path / "taker"), init_from=str(tmp_path / "donor/checkpoint_1_1"))
     with pytest.raises(FileNotFoundError, match=r"spec\.checkpoint\.keep"):
         loop.resume()

@@ -12,8 +12,9 @@ from trainforge.client import InvalidJob, JobExists, JobNotFound, TrainforgeErro
 from trainforge.client.labels import matches
 from trainforge.client.local_backend import LocalBackend
 from trainforge.client.ranklog import rank_lines, worker_key
-from trainforge.local.jobstate import JobDir, merge_patch
+from trainforge.local.jobstate import JobDir
 from trainforge.spec import SpecValidationError, load_jobs
+from trainforge.spec.contract import merge_patch
 
 from tests.unit.manifests import manifest
 
@@ -80,20 +81,25 @@ def test_status_merges_like_a_merge_patch() -> None:
         "a": 1, "b": {"d": 3, "e": 4}, "f": [1]}
 
 
-def test_a_local_job_whose_supervisor_died_is_failed_not_left_running(tmp_path: Path) -> None:
+def test_a_local_job_whose_supervisor_died_is_a_lost_attempt_as_on_a_cluster(tmp_path: Path) -> None:
+    """A lost supervisor is what a lost RayJob is to the operator: the attempt failed, and with no
+    restarts left (maxRestarts 0) the job fails with RestartsExhausted, naming the lost process."""
     backend = LocalBackend(tmp_path)
-    job = to_job(manifest(suspend=True))
-    backend.create(job)  # suspended: no supervisor starts
+    job = to_job(manifest(suspend=True, restartPolicy={"maxRestarts": 0}))
+    created = backend.create(job)  # suspended: no supervisor starts
+    assert created.status is not None and created.status.phase == "Suspended" and created.status.attempt == 0
     with pytest.raises(JobExists, match="already exists"):
         backend.create(job)
     jobdir = JobDir.of(tmp_path, "digits")
+    jobdir.set_suspend(False)
     jobdir.patch_status({"phase": "Running", "attempt": 1})
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     jobdir.record_process(gone.pid)
     status = backend.get("digits").status
-    assert status is not None and status.phase == "Failed" and status.reason == "SupervisorLost"
-    assert [e.reason for e in backend.events(backend.get("digits"))] == ["Created", "SupervisorLost"]
+    assert status is not None and status.phase == "Failed" and status.reason == "RestartsExhausted", status
+    assert "local supervisor of attempt 1 exited" in (status.message or "")
+    assert [e.reason for e in backend.events(backend.get("digits"))] == ["Created", "Suspended", "Failed"]
     backend.delete("digits")
     with pytest.raises(JobNotFound):
         backend.get("digits")

@@ -10,7 +10,7 @@ from trainforge.spec import parse_job
 from trainforge_trainer.data import eval_loader
 from trainforge_trainer.dist import World
 from trainforge_trainer.launch import PreflightError, check_fits, preflight
-from trainforge_trainer.loop import JsonlLog, Loop, Parts, build, micro_step, optimizer_step
+from trainforge_trainer.loop import JsonlLog, Loop, TrainComponents, build, micro_step, optimizer_step
 from trainforge_trainer.precision import NonFiniteGradients
 
 from tests.unit.manifests import manifest
@@ -18,19 +18,19 @@ from tests.unit.manifests import manifest
 CPU1 = World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
 
 
-def parts_for(**spec: Any) -> Parts:
+def components_for(**spec: Any) -> TrainComponents:
     fields = {"task": {"entrypoint": "digits", "args": {"dropout": 0.0, "augment": False, "hidden": 32}},
               "workers": 1, "batch": {"size": 8}} | spec
     return build(parse_job(manifest(**fields)).spec, CPU1)
 
 
-def batch_of(parts: Parts, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(parts.task.train[i] for i in range(n)), strict=True)
+def batch_of(components: TrainComponents, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(components.task.train[i] for i in range(n)), strict=True)
     return torch.stack(xs), torch.stack(ys)
 
 
-def grads(parts: Parts) -> list[torch.Tensor]:
-    return [p.grad.clone() for p in parts.params]
+def grads(components: TrainComponents) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in components.params]
 
 
 class Collect:
@@ -42,83 +42,83 @@ class Collect:
 
 
 def test_accumulated_micro_batches_equal_one_big_batch() -> None:
-    parts = parts_for(precision="fp32")
+    components = components_for(precision="fp32")
     k, b = 4, 8
-    x, y = batch_of(parts, k * b)
+    x, y = batch_of(components, k * b)
     for j in range(k):
-        micro_step(parts, (x[j * b:(j + 1) * b], y[j * b:(j + 1) * b]), group_size=k, sync=j == k - 1)
-    accumulated = grads(parts)
-    parts.optimizer.zero_grad(set_to_none=True)
-    micro_step(parts, (x, y), group_size=1, sync=True)
-    for a, g in zip(accumulated, grads(parts), strict=True):
+        micro_step(components, (x[j * b:(j + 1) * b], y[j * b:(j + 1) * b]), group_size=k, sync=j == k - 1)
+    accumulated = grads(components)
+    components.optimizer.zero_grad(set_to_none=True)
+    micro_step(components, (x, y), group_size=1, sync=True)
+    for a, g in zip(accumulated, grads(components), strict=True):
         torch.testing.assert_close(a, g, rtol=0, atol=1e-6)
 
 
 def test_remainder_group_is_flushed_at_epoch_end() -> None:
-    parts = parts_for(batch={"size": 100, "gradAccumulation": 4}, maxSteps=1000, epochs=1)
-    micro = parts.micro_per_epoch  # 1257 training samples / 100 -> 13 micro-batches
+    components = components_for(batch={"size": 100, "gradAccumulation": 4}, maxSteps=1000, epochs=1)
+    micro = components.micro_per_epoch  # 1257 training samples / 100 -> 13 micro-batches
     assert micro == 13
-    assert parts.steps_per_epoch == 4  # 4 + 4 + 4 + a flushed remainder of 1
-    loop = Loop(parts, Collect(), JsonlLog(None))
+    assert components.steps_per_epoch == 4  # 4 + 4 + 4 + a flushed remainder of 1
+    loop = Loop(components, Collect(), JsonlLog(None))
     assert loop.run_epoch()
-    assert loop.pos.step == 4
-    assert parts.schedule.step_count == 4
+    assert loop.state.position.step == 4
+    assert components.schedule.step_count == 4
 
 
 def test_fp16_inf_skips_the_step_and_is_counted() -> None:
-    parts = parts_for(precision="fp16")
-    assert parts.precision.scaler is not None
+    components = components_for(precision="fp16")
+    assert components.precision.scaler is not None
     reporter = Collect()
-    loop = Loop(parts, reporter, JsonlLog(None))
-    x, y = batch_of(parts, 8)
-    before = [p.detach().clone() for p in parts.params]
-    micro_step(parts, (x, y), group_size=1, sync=True)
-    parts.params[0].grad.view(-1)[0] = float("inf")
-    scale_before = parts.precision.scaler.get_scale()
-    loop.log_train(optimizer_step(parts))
-    assert all(torch.equal(a, p) for a, p in zip(before, parts.params, strict=True))
-    assert parts.precision.scaler.get_scale() < scale_before
+    loop = Loop(components, reporter, JsonlLog(None))
+    x, y = batch_of(components, 8)
+    before = [p.detach().clone() for p in components.params]
+    micro_step(components, (x, y), group_size=1, sync=True)
+    components.params[0].grad.view(-1)[0] = float("inf")
+    scale_before = components.precision.scaler.get_scale()
+    loop.log_train(optimizer_step(components))
+    assert all(torch.equal(a, p) for a, p in zip(before, components.params, strict=True))
+    assert components.precision.scaler.get_scale() < scale_before
     assert reporter.reports[-1]["skipped_steps"] == 1
-    micro_step(parts, (x, y), group_size=1, sync=True)
-    optimizer_step(parts)
-    assert not torch.equal(before[0], parts.params[0])  # the next finite step updates again
+    micro_step(components, (x, y), group_size=1, sync=True)
+    optimizer_step(components)
+    assert not torch.equal(before[0], components.params[0])  # the next finite step updates again
 
 
 def test_consecutive_non_finite_steps_abort_with_a_clear_error() -> None:
-    parts = parts_for(precision="bf16", gradClip={"maxConsecutiveNonFinite": 3})
-    x, y = batch_of(parts, 8)
-    before = parts.params[0].detach().clone()
+    components = components_for(precision="bf16", gradClip={"maxConsecutiveNonFinite": 3})
+    x, y = batch_of(components, 8)
+    before = components.params[0].detach().clone()
     for _ in range(3):
-        micro_step(parts, (x, y), group_size=1, sync=True)
-        parts.params[0].grad.fill_(float("nan"))
-        optimizer_step(parts)
-    assert torch.equal(before, parts.params[0])
+        micro_step(components, (x, y), group_size=1, sync=True)
+        components.params[0].grad.fill_(float("nan"))
+        optimizer_step(components)
+    assert torch.equal(before, components.params[0])
     with pytest.raises(NonFiniteGradients, match="maxConsecutiveNonFinite=3"):
-        parts.precision.check()
+        components.precision.check()
 
 
 def test_clipping_by_norm_and_logged_norm_is_pre_clip() -> None:
-    parts = parts_for(gradClip={"maxNorm": 1e-3})
-    x, y = batch_of(parts, 8)
-    micro_step(parts, (x, y), group_size=1, sync=True)
-    norm = parts.precision.step(parts.optimizer, parts.params)
-    clipped = torch.nn.utils.get_total_norm([p.grad for p in parts.params])
+    components = components_for(gradClip={"maxNorm": 1e-3})
+    x, y = batch_of(components, 8)
+    micro_step(components, (x, y), group_size=1, sync=True)
+    norm = components.precision.step(components.optimizer, components.params)
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in components.params])
     assert float(norm) > 1e-2
     assert float(clipped) == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_no_weight_decay_on_bias_and_norm() -> None:
-    parts = parts_for()
-    decay, no_decay = parts.optimizer.param_groups
+    components = components_for()
+    decay, no_decay = components.optimizer.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim == 2 for p in decay["params"])
     assert all(p.ndim == 1 for p in no_decay["params"])
-    one_group = parts_for(optimizer={"noDecayOnBiasAndNorm": False}).optimizer.param_groups
+    one_group = components_for(optimizer={"noDecayOnBiasAndNorm": False}).optimizer.param_groups
     assert len(one_group) == 1
 
 
 def test_sgd_options_reach_the_optimizer() -> None:
-    opt = parts_for(optimizer={"name": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.1}).optimizer
+    opt = components_for(optimizer={"name": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.1}).optimizer
     assert isinstance(opt, torch.optim.SGD)
     assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.9
 
@@ -157,13 +157,13 @@ def test_compile_covers_the_loss_and_trains_the_same(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     gpt = {"entrypoint": "gpt", "args": {"size": "tiny", "train_samples": 16, "val_samples": 4}}
-    plain = parts_for(task=gpt, precision="bf16", batch={"size": 4})
-    compiled = parts_for(task=gpt, precision="bf16", batch={"size": 4}, compile=True)
+    plain = components_for(task=gpt, precision="bf16", batch={"size": 4})
+    compiled = components_for(task=gpt, precision="bf16", batch={"size": 4}, compile=True)
     assert not hasattr(plain.loss_fn, "_torchdynamo_orig_callable")
     assert hasattr(compiled.loss_fn, "_torchdynamo_orig_callable")
     assert hasattr(compiled.model, "_orig_mod")
     x, y = batch_of(plain, 4)
-    losses = [micro_step(p, (x, y), group_size=1, sync=True) for p in (plain, compiled)]
+    losses = [micro_step(c, (x, y), group_size=1, sync=True) for c in (plain, compiled)]
     torch.testing.assert_close(losses[0], losses[1])
     for a, b in zip(grads(plain), grads(compiled), strict=True):
         torch.testing.assert_close(a, b)

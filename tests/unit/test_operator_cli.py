@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from trainforge.spec.contract import SPEC_ENV
 from trainforge_operator.__main__ import parse_args, run_kwargs
-from trainforge_operator.settings import SPEC_ENV, OperatorSettings
+from trainforge_operator.settings import OperatorSettings
 from trainforge_trainer import run
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from trainforge.spec import TrainingJobSpec, parse_job
+from trainforge.spec.contract import SPEC_ENV
 from trainforge_operator.rayjob import (
     ENTRYPOINT,
     attempt_name,
@@ -17,7 +18,7 @@ from trainforge_operator.rayjob import (
     payload_spec,
     storage_for,
 )
-from trainforge_operator.settings import SPEC_ENV, OperatorSettings
+from trainforge_operator.settings import OperatorSettings
 
 from tests.unit.manifests import manifest
 
@@ -118,12 +119,12 @@ def test_storage_is_the_jobs_own_else_the_operator_default_per_namespace() -> No
 def test_a_path_is_passed_through_for_shared_mounts() -> None:
     spec = spec_of(checkpoint={"storage": "/mnt/shared/runs"})
     assert storage_for(spec, NAMESPACE, SETTINGS) == "/mnt/shared/runs"
-    assert job_payload(body_of(checkpoint={"storage": "/mnt/shared/runs"}), spec, SETTINGS)["endpoint"] is None
+    assert job_payload(body_of(checkpoint={"storage": "/mnt/shared/runs"}), spec, SETTINGS).endpoint is None
 
 
 def test_default_endpoint_applies_to_s3_only() -> None:
     gcs = {"checkpoint": {"storage": "gs://bucket/runs"}}
-    assert job_payload(body_of(**gcs), spec_of(**gcs), SETTINGS)["endpoint"] is None
+    assert job_payload(body_of(**gcs), spec_of(**gcs), SETTINGS).endpoint is None
     assert payload_of(build())["endpoint"] == "http://minio.minio:9000"
     assert payload_of(build(**CREDENTIALS_SPEC))["endpoint"] == "http://ceph.storage:8080"
 

@@ -9,9 +9,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from trainforge.spec.contract import SPEC_ENV
 from trainforge_operator.observed import Observed
 from trainforge_operator.reconcile import Decision, reconcile, refused
-from trainforge_operator.settings import SPEC_ENV, OperatorSettings
+from trainforge_operator.settings import OperatorSettings
 
 from tests.unit.manifests import MALFORMED, manifest
 

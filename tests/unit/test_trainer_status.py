@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from trainforge.spec import parse_job
+from trainforge.spec.contract import SPEC_ENV
 from trainforge_operator.rayjob import build_rayjob
-from trainforge_operator.settings import SPEC_ENV, OperatorSettings
+from trainforge_operator.settings import OperatorSettings
 from trainforge_trainer.callbacks import StatusCallback
 from trainforge_trainer.kube_status import BestTracker, JobRef, RateLimiter, progress_patch
 from trainforge_trainer.run import ClusterJob, best_tracker, uri_prefix

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -44,16 +45,45 @@ def setup(use_gpu: bool) -> World:
     return World(0, 0, 1, device)
 
 
+def distributed() -> bool:
+    """A process group of more than one rank: collectives are needed (and would hang if skipped)."""
+    return torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+    if distributed():
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+    if distributed():
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
     return tensor
+
+
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    if distributed():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MIN)
+    return tensor
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (a collective)."""
+    if not distributed():
+        return [obj]
+    out: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (a collective): one decision, taken where the data is."""
+    if not distributed():
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def teardown_if_owned() -> None:

@@ -5,28 +5,40 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from trainforge.checkpoints import StorageTarget
+from trainforge.lifecycle import AttemptResult
 from trainforge.spec import TrainingJobSpec
 
 from .checkpoint.manager import PREEMPTED_EXIT_CODE
 from .checkpoint.preempt import PreemptFlag
 
 log = logging.getLogger("trainforge.driver")
-Status = Literal["succeeded", "failed", "preempted"]
 PREEMPTED_ERROR = "TrainingPreempted"
 """Error type of a preempted run: the operator counts it as a preemption, not a failure."""
-EXIT_CODES: dict[str, int] = {"succeeded": 0, "failed": 1, "preempted": PREEMPTED_EXIT_CODE}
+EXIT_CODES: dict[str, int] = {AttemptResult.SUCCEEDED: 0, AttemptResult.FAILED: 1,
+                              AttemptResult.PREEMPTED: PREEMPTED_EXIT_CODE}
+REPORT_POLL_S = "0.1"
+
+
+def prepare_ray_env() -> None:
+    """Environment Ray must see before `ray.init` (the local cluster's processes inherit it)."""
+    # Train V2 workers hand each report to a one-slot queue that the controller drains once per
+    # health check (2 s by default): without this every report would stall training that long.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    # Tune's own console reporter would interleave with ours (and with `-o json` on stdout).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 @dataclass
 class RunResult:
-    status: Status
+    status: AttemptResult
     metrics: dict[str, Any] = field(default_factory=dict)
     """Metrics of the newest checkpoint (Ray Train keeps metrics only with checkpoints)."""
     error: str | None = None
@@ -76,14 +88,14 @@ def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: 
             try:
                 result = trainer.fit()
             except Exception as exc:  # TrainingFailedError carries the worker's traceback
-                return RunResult("failed", error=short_error(exc))
+                return RunResult(AttemptResult.FAILED, error=short_error(exc))
     finally:
         ray.kill(flag)
     metrics = dict(result.metrics or {})
     if metrics.get("preempted"):
-        return RunResult("preempted", metrics, f"{PREEMPTED_ERROR}: stopped on a preemption signal after "
+        return RunResult(AttemptResult.PREEMPTED, metrics, f"{PREEMPTED_ERROR}: stopped on a preemption signal after "
                                                f"checkpointing step {metrics.get('step')}; running again resumes")
-    return RunResult("succeeded", metrics)
+    return RunResult(AttemptResult.SUCCEEDED, metrics)
 
 
 def discard_run(target: StorageTarget, name: str) -> int:

@@ -11,14 +11,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from trainforge import __version__
-from trainforge.spec import API_GROUP, API_VERSION
+from trainforge.spec.contract import API_GROUP, PLURAL, VERSION, stamp, utcnow
 
 log = logging.getLogger("trainforge.status")
-PLURAL = "trainingjobs"
 USER_AGENT = f"trainforge-trainer/{__version__}"
 
 
@@ -27,10 +25,6 @@ class JobRef:
     namespace: str
     name: str
     attempt: int
-
-
-def now_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class StatusWriter:
@@ -48,7 +42,7 @@ class StatusWriter:
     def patch(self, status: dict[str, Any]) -> bool:
         try:
             body = self._custom_api().patch_namespaced_custom_object_status(
-                API_GROUP, API_VERSION.split("/")[1], self.job.namespace, PLURAL, self.job.name, {"status": status})
+                API_GROUP, VERSION, self.job.namespace, PLURAL, self.job.name, {"status": status})
         except Exception as exc:  # the API server being away must not stop training
             self._failures += 1
             if self._failures in (1, 10) or self._failures % 100 == 0:
@@ -76,7 +70,7 @@ def progress_patch(metrics: dict[str, Any], checkpoint_uri: str | None, best: di
     numbers = {k: float(v) for k, v in metrics.items()
                if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("epoch", "step", "total_steps")}
     progress: dict[str, Any] = {"epoch": int(metrics.get("epoch", 0)), "step": int(metrics.get("step", 0)),
-                                "metrics": numbers, "updateTime": now_stamp()}
+                                "metrics": numbers, "updateTime": stamp(utcnow())}
     if metrics.get("total_steps"):
         progress["totalSteps"] = int(metrics["total_steps"])
     if isinstance(metrics.get("samples_per_second"), int | float):

@@ -56,7 +56,7 @@ def make_trainer(spec: TrainingJobSpec, name: str, target: StorageTarget, callba
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .dist import PG_TIMEOUT, backend_for
-    from .loop import train_loop_per_worker
+    from .ray_worker import train_loop_per_worker
 
     use_gpu = spec.gpus_per_worker > 0
     local = target.uri.startswith("/")

@@ -1,4 +1,5 @@
-"""The per-worker training loop. Launcher-agnostic: Ray Train and torchrun both call `run_worker`."""
+"""The per-worker training loop. Launcher-agnostic: torchrun and Ray Train (`ray_worker`) both call
+`run_worker`; nothing here knows which one started it."""
 
 from __future__ import annotations
 
@@ -16,27 +17,29 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
-from trainforge.checkpoints import resolve_storage
 from trainforge.spec import TrainingJobSpec
 
 from . import dist
-from .checkpoint.manager import Checkpointer
+from .checkpoint.files import ModelOptimizer
+from .checkpoint.manager import MODEL, TRAIN, Checkpointer
 from .checkpoint.preempt import PreemptionWatch
-from .checkpoint.state import Position
-from .checkpoint.store import DirStore, RayStore, Store, UploadStore
+from .checkpoint.rng import RNGState
+from .checkpoint.state import Stateful
+from .checkpoint.store import Store, run_dir_store
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, train_loader
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
-from .metrics import JsonlLog, TrainMeter
+from .metrics import JsonlLog, TrainMeter, peak_flops
 from .optim import build_optimizer
 from .parallel import default_blocks, grad_sync, wrap
 from .precision import Precision
-from .reporting import Reporter, reporter_for_launcher
+from .reporting import PrintReporter, Reporter
 from .schedules import LRSchedule, lr_scale
 from .task import Task, build_task
+from .train_state import Position, TrainState
 
-# bf16 dense peak per GPU model, used for MFU when TRAINFORGE_PEAK_TFLOPS is not set.
-_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+StoreFactory = Callable[[str | None, TrainingJobSpec], Store | None]
+"""How a launcher picks the checkpoint store of a run directory (`ray_worker.make_store` under Ray)."""
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -49,18 +52,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def peak_flops(device: torch.device) -> float | None:
-    if "TRAINFORGE_PEAK_TFLOPS" in os.environ:
-        return float(os.environ["TRAINFORGE_PEAK_TFLOPS"]) * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf * 1e12 for key, tf in _PEAK_TFLOPS.items() if key in name), None)
-
-
 @dataclass
-class Parts:
-    """Everything one worker trains with; built once by `build`."""
+class TrainComponents:
+    """Everything one worker trains with; built once by `build`. The parts a checkpoint holds reach
+    the checkpointer as Stateful components (`Loop.stateful`), never as this object."""
 
     spec: TrainingJobSpec
     world: dist.World
@@ -112,7 +107,7 @@ def loss_function(task: Task, compiled: bool) -> Callable[[Any, Any], torch.Tens
     return torch.compile(loss) if compiled else loss
 
 
-def build(spec: TrainingJobSpec, world: dist.World) -> Parts:
+def build(spec: TrainingJobSpec, world: dist.World) -> TrainComponents:
     seed_everything(spec.seed, spec.deterministic)  # same seed on every rank: identical initial weights
     task = build_task(spec.task.resolved_entrypoint, spec.task.args)
     model = task.model().to(world.device)
@@ -132,7 +127,7 @@ def build(spec: TrainingJobSpec, world: dist.World) -> Parts:
             raise ValueError(f"the {name} set has {len(ds)} samples, fewer than the {world.size} workers")  # type: ignore[arg-type]
     steps_per_epoch = math.ceil(len(train) / spec.batch.grad_accumulation)
     total = total_steps_of(spec, steps_per_epoch)
-    return Parts(
+    return TrainComponents(
         spec=spec, world=world, task=task, model=model, optimizer=optimizer,
         precision=Precision(spec.precision, world.device, spec.grad_clip, spec.strategy.type == "fsdp"),
         schedule=LRSchedule(optimizer, spec.schedule, peak, total),
@@ -144,40 +139,65 @@ def build(spec: TrainingJobSpec, world: dist.World) -> Parts:
     )
 
 
-def micro_step(parts: Parts, batch: Any, group_size: int, sync: bool) -> torch.Tensor:
+def micro_step(components: TrainComponents, batch: Any, group_size: int, sync: bool) -> torch.Tensor:
     """Forward + backward of one micro-batch; gradients are averaged over the accumulation group.
     Returns the undivided fp32 loss (on the device)."""
-    with grad_sync(parts.model, sync):
-        with parts.precision.autocast():
-            outputs = parts.task.forward(parts.model, batch)
-        loss = parts.loss_fn(outputs, batch)
-        parts.precision.backward(loss / group_size)
+    with grad_sync(components.model, sync):
+        with components.precision.autocast():
+            outputs = components.task.forward(components.model, batch)
+        loss = components.loss_fn(outputs, batch)
+        components.precision.backward(loss / group_size)
     return loss.detach()
 
 
-def optimizer_step(parts: Parts) -> torch.Tensor:
-    norm = parts.precision.step(parts.optimizer, parts.params)
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.schedule.step()
+def optimizer_step(components: TrainComponents) -> torch.Tensor:
+    norm = components.precision.step(components.optimizer, components.params)
+    components.optimizer.zero_grad(set_to_none=True)
+    components.schedule.step()
     return norm
 
 
 class Loop:
     """Epochs of accumulation groups, evaluations, early stopping, checkpoints and reports."""
 
-    def __init__(self, parts: Parts, reporter: Reporter, log: JsonlLog) -> None:
-        self.p, self.reporter, self.log = parts, reporter, log
-        self.pos = Position()
-        self.last_eval: dict[str, float] = {}
-        self.stop_reason = ""
+    def __init__(self, components: TrainComponents, reporter: Reporter, log: JsonlLog) -> None:
+        self.components, self.reporter, self.log = components, reporter, log
+        spec, world = components.spec, components.world
+        self.state = TrainState(spec.batch.size, spec.batch.grad_accumulation, world.size, components.total_steps)
+        self.rng = RNGState(world.rank, {"augment": components.augment_rng})
         self.ckpt: Checkpointer | None = None
-        self.meter = TrainMeter(parts.world, parts.task.tokens_per_sample, parts.task.flops_per_sample,
-                                peak_flops(parts.world.device))
+        self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
+                                peak_flops(world.device))
+
+    @property
+    def pos(self) -> Position:
+        """The train state's data position: where training is."""
+        return self.state.position
+
+    def stateful(self) -> dict[str, Stateful]:
+        """What a checkpoint of this loop holds, by name (checkpoint.manager says how it lies on disk)."""
+        components = self.components
+        found: dict[str, Stateful] = {
+            MODEL: ModelOptimizer(components.model, components.optimizer, components.sharded),
+            TRAIN: self.state, "schedule": components.schedule, "precision": components.precision,
+            "rng": self.rng,
+        }
+        if components.early:
+            found["early"] = components.early
+        return found
+
+    def checkpointer(self, store: Store, watch: PreemptionWatch | None = None,
+                     init_from: str | None = None) -> Checkpointer:
+        """A checkpointer of this loop's Stateful components; the loop uses it once set as `self.ckpt`."""
+        components = self.components
+        return Checkpointer(self.stateful(), store, spec=components.spec, world=components.world,
+                            total_steps=components.total_steps, watch=watch, init_from=init_from)
 
     def emit(self, metrics: dict[str, Any]) -> None:
-        record = {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": self.p.total_steps, **metrics}
+        pos = self.state.position
+        record = {"epoch": pos.epoch, "step": pos.step, "total_steps": self.components.total_steps, **metrics}
         self.reporter.report(record)
-        if self.p.world.is_main:
+        if self.components.world.is_main:
             self.log.write(record)
 
     def resume(self) -> None:
@@ -189,120 +209,121 @@ class Loop:
 
     def run_epoch(self) -> bool:
         """One epoch (or what remains of it); False when training must stop."""
-        p, k, pos = self.p, self.p.spec.batch.grad_accumulation, self.pos
-        sampler = p.train.sampler
+        components, state, pos = self.components, self.state, self.state.position
+        k, spec = components.spec.batch.grad_accumulation, components.spec
+        sampler = components.train.sampler
         sampler.set_epoch(pos.epoch)  # type: ignore[attr-defined]
-        sampler.start = pos.micro_in_epoch * p.spec.batch.size  # type: ignore[attr-defined]
-        batches = iter(p.train)
-        if self.ckpt:
-            self.ckpt.restore_rng()
+        sampler.start = pos.micro_in_epoch * spec.batch.size  # type: ignore[attr-defined]
+        batches = iter(components.train)
+        self.rng.apply_pending()  # after iter(): the iterator's creation draws from the torch RNG
         for i, batch in enumerate(batches, start=pos.micro_in_epoch):
             group_start = (i // k) * k
-            group_size = min(k, p.micro_per_epoch - group_start)  # the epoch's remainder is flushed
+            group_size = min(k, components.micro_per_epoch - group_start)  # the epoch's remainder is flushed
             boundary = i + 1 == group_start + group_size
-            batch = to_device(batch, p.world.device)
-            if p.task.augment:
-                batch = p.task.augment(batch, p.augment_rng)
-            self.meter.add_micro(micro_step(p, batch, group_size, boundary), batch_size_of(batch))
+            batch = to_device(batch, components.world.device)
+            if components.task.augment:
+                batch = components.task.augment(batch, components.augment_rng)
+            self.meter.add_micro(micro_step(components, batch, group_size, boundary), batch_size_of(batch))
             if not boundary:
                 continue
             if self.ckpt:
                 self.ckpt.before_optimizer_step()  # a checkpoint copy still reading the weights finishes first
-            last_norm = optimizer_step(p)
+            last_norm = optimizer_step(components)
             pos.step, pos.micro_in_epoch = pos.step + 1, i + 1
             self.meter.add_step()
-            if pos.step % p.spec.log_every_steps == 0:
+            if pos.step % spec.log_every_steps == 0:
                 self.log_train(last_norm)
-            every = p.spec.eval.every_steps
+            every = spec.eval.every_steps
             if every and pos.step % every == 0 and not self.evaluate():
                 return False
             if self.ckpt and self.ckpt.after_step():
-                self.stop_reason = "preempted"
+                state.stop_reason = "preempted"
                 return False
-            if pos.step >= p.total_steps and i + 1 < p.micro_per_epoch:
-                self.stop_reason = "max_steps"
+            if pos.step >= components.total_steps and i + 1 < components.micro_per_epoch:
+                state.stop_reason = "max_steps"
                 return False
-        if pos.step >= p.total_steps and p.spec.max_steps and pos.step == p.spec.max_steps:
-            self.stop_reason = "max_steps"
+        if pos.step >= components.total_steps and spec.max_steps and pos.step == spec.max_steps:
+            state.stop_reason = "max_steps"
         return True
 
     def log_train(self, norm: torch.Tensor) -> None:
-        self.p.precision.check()
-        self.emit({**self.meter.flush(), "lr": self.p.schedule.lr, "grad_norm": float(norm),
-                   "skipped_steps": int(self.p.precision.skipped)})
+        precision = self.components.precision
+        precision.check()
+        self.emit({**self.meter.flush(), "lr": self.components.schedule.lr, "grad_norm": float(norm),
+                   "skipped_steps": int(precision.skipped)})
 
     def evaluate(self) -> bool:
         """Validation + early stopping; False when training should stop."""
-        p = self.p
-        if p.val is None:
+        components = self.components
+        if components.val is None:
             return True
-        self.last_eval = evaluate(p.model, p.task, p.val, p.world, p.precision, "val", p.sharded,
-                                  p.spec.eval.max_batches)
-        p.schedule.observe(self.last_eval)
-        stop = p.early.observe(self.last_eval, self.pos.step) if p.early else False
-        self.emit(dict(self.last_eval))
+        metrics = evaluate(components.model, components.task, components.val, components.world,
+                           components.precision, "val", components.sharded, components.spec.eval.max_batches)
+        self.state.last_eval = metrics
+        components.schedule.observe(metrics)
+        stop = components.early.observe(metrics, self.state.position.step) if components.early else False
+        self.emit(dict(metrics))
         if stop:
-            self.stop_reason = "early_stopping"
+            self.state.stop_reason = "early_stopping"
         return not stop
 
     def fit(self) -> dict[str, Any]:
-        p, pos = self.p, self.pos
+        components, state, pos = self.components, self.state, self.state.position
         self.resume()
-        max_epochs = p.spec.epochs or math.ceil(p.total_steps / max(p.steps_per_epoch, 1))
-        while pos.epoch < max_epochs and pos.step < p.total_steps and not self.stop_reason:
+        max_epochs = components.spec.epochs or math.ceil(components.total_steps / max(components.steps_per_epoch, 1))
+        while pos.epoch < max_epochs and pos.step < components.total_steps and not state.stop_reason:
             if not self.run_epoch():
                 break  # stopped inside the epoch: it is not complete, so epoch stays where it is
             pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
-            if p.spec.eval.every_epoch and not self.evaluate():
+            if components.spec.eval.every_epoch and not self.evaluate():
                 break
             if self.ckpt:
                 self.ckpt.after_epoch()
-        if self.stop_reason == "preempted":
+        if state.stop_reason == "preempted":
             return self.stop_preempted()
         return self.finish()
+
+    def result(self, final: dict[str, Any]) -> dict[str, Any]:
+        """What `fit` returns: the final report with where training ended."""
+        pos = self.state.position
+        return {"epoch": pos.epoch, "step": pos.step, "total_steps": self.components.total_steps, **final}
 
     def stop_preempted(self) -> dict[str, Any]:
         final = {"done": False, "preempted": True, "stop_reason": "preempted"}
         self.emit(final)
-        return {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": self.p.total_steps, **final}
+        return self.result(final)
 
     def finish(self) -> dict[str, Any]:
-        p = self.p
+        components, state = self.components, self.state
+        state.stop_reason = state.stop_reason or "epochs"  # ran out of epochs: the final checkpoint says so too
         if self.ckpt:
             self.ckpt.at_end()  # before the test set: the final weights are what gets evaluated
-        final: dict[str, Any] = {**self.meter.flush(), **self.last_eval} if self.meter.steps else dict(self.last_eval)
-        if p.test is not None:
-            final.update(evaluate(p.model, p.task, p.test, p.world, p.precision, "test", p.sharded))
-        final.update({"done": True, "stop_reason": self.stop_reason or "epochs",
-                      "skipped_steps": int(p.precision.skipped)})
-        if p.early and p.early.tracker.best is not None:
-            final[f"best_{p.early.cfg.metric}"] = p.early.tracker.best
+        final: dict[str, Any] = {**self.meter.flush(), **state.last_eval} if self.meter.steps else dict(state.last_eval)
+        if components.test is not None:
+            final.update(evaluate(components.model, components.task, components.test, components.world,
+                                  components.precision, "test", components.sharded))
+        final.update({"done": True, "stop_reason": state.stop_reason,
+                      "skipped_steps": int(components.precision.skipped)})
+        early = components.early
+        if early and early.tracker.best is not None:
+            final[f"best_{early.cfg.metric}"] = early.tracker.best
         self.emit(final)
-        return {"epoch": self.pos.epoch, "step": self.pos.step, "total_steps": p.total_steps, **final}
+        return self.result(final)
 
 
-def make_store(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:
-    """Ray Train's storage when running under it; else the run directory (local or remote) if any."""
-    try:
-        from ray.train import get_context
-
-        get_context()
-        return RayStore()
-    except Exception:
-        pass
-    if not run_dir:
-        return None
-    if "://" not in run_dir:
-        return DirStore(run_dir)
-    target = resolve_storage(run_dir, spec.checkpoint.endpoint, spec.checkpoint.region)
-    return UploadStore(target.filesystem, target.path)
+def store_of_run_dir(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:
+    """The store without Ray: the run directory's, local or remote (see `run_dir_store`)."""
+    return run_dir_store(run_dir, spec.checkpoint)
 
 
 def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
-               preempt_flag: Any = None, init_from: str | None = None) -> dict[str, Any]:
+               preempt_flag: Any = None, init_from: str | None = None,
+               make_store: StoreFactory = store_of_run_dir) -> dict[str, Any]:
+    """Train this worker's part of the job. The launcher may choose where reports go (stdout by
+    default) and the checkpoint store (`make_store`, called once the model is built)."""
     world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
     try:
-        return _fit(spec, world, run_dir, reporter, preempt_flag, init_from)
+        return _fit(spec, world, run_dir, reporter, preempt_flag, init_from, make_store)
     finally:
         # The model (with DDP's reducer, which holds the process group) must be gone before the group
         # is destroyed: freed after it, the reducer drops the group's last reference and gloo's
@@ -314,43 +335,17 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
 
 
 def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter: Reporter | None,
-         preempt_flag: Any, init_from: str | None) -> dict[str, Any]:
+         preempt_flag: Any, init_from: str | None, make_store: StoreFactory) -> dict[str, Any]:
     loop: Loop | None = None
     try:
-        parts = build(spec, world)
+        components = build(spec, world)
         local_dir = run_dir if run_dir and "://" not in run_dir and world.is_main else None
         log = JsonlLog(Path(local_dir) / "metrics.jsonl" if local_dir else None)
-        loop = Loop(parts, reporter or reporter_for_launcher(world.is_main), log)
+        loop = Loop(components, reporter or PrintReporter(world.is_main), log)
         store = make_store(run_dir, spec)
         if store is not None:
-            loop.ckpt = Checkpointer(loop, store, PreemptionWatch(preempt_flag), init_from)
+            loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from)
         return loop.fit()
     finally:
         if loop is not None and loop.ckpt is not None:
             loop.ckpt.close()
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry: the spec arrives as JSON-compatible data, never as shell text."""
-    spec = TrainingJobSpec.model_validate(config["spec"])
-    announce_rank()
-    run_worker(spec, config.get("run_dir"), preempt_flag=config.get("preempt_flag"),
-               init_from=config.get("init_from"))
-
-
-RANK_ANNOUNCEMENT = "trainforge worker rank={rank} world_size={world} host={host} pid={pid}"
-
-
-def announce_rank() -> None:
-    """One line per worker start, which the driver log shows behind Ray's `(RayTrainWorker pid=…)`
-    prefix: `trainforge logs --rank R` maps that prefix to the rank through it."""
-    import socket
-
-    import ray.train
-
-    ctx = ray.train.get_context()
-    line = RANK_ANNOUNCEMENT.format(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                                    host=socket.gethostname(), pid=os.getpid())
-    # Straight to fd 1: Ray Train copies print() into its logger, whose stderr handler would show
-    # the line twice in the driver log.
-    os.write(1, f"{line}\n".encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,20 @@ from typing import Any
 import torch
 
 from .dist import World, all_reduce_sum
+
+# bf16 dense peak per GPU model, used for MFU when TRAINFORGE_PEAK_TFLOPS is not set.
+_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak FLOP/s for MFU: TRAINFORGE_PEAK_TFLOPS, else the table; None (no MFU) on a CPU
+    or an unknown GPU."""
+    if "TRAINFORGE_PEAK_TFLOPS" in os.environ:
+        return float(os.environ["TRAINFORGE_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for key, tf in _PEAK_TFLOPS.items() if key in name), None)
 
 
 class TrainMeter:

@@ -1,4 +1,4 @@
-"""Where reports go: Ray Train when running under it, stdout when under plain torchrun."""
+"""Where reports go: Ray Train when running under it (`ray_worker` picks it), stdout otherwise."""
 
 from __future__ import annotations
 
@@ -25,12 +25,3 @@ class PrintReporter:
         if self.is_main:
             print(json.dumps(metrics), flush=True)
 
-
-def reporter_for_launcher(is_main: bool) -> Reporter:
-    try:
-        from ray.train import get_context
-
-        get_context()  # raises outside a Ray Train worker
-        return RayReporter()
-    except Exception:
-        return PrintReporter(is_main)

@@ -7,21 +7,29 @@ The outcome is also written to the TrainingJob's status.outcome, which is what t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from trainforge.checkpoints import StorageTarget, resolve_storage
+from trainforge.lifecycle import AttemptResult
 from trainforge.spec import TrainingJobSpec
+from trainforge.spec.contract import SPEC_ENV, STATUS_INTERVAL_ENV, TrainerPayload, utcnow
+from trainforge.spec.status import AttemptOutcome
 
-from .kube_status import BestTracker, JobRef, StatusWriter, now_stamp
+from .kube_status import BestTracker, JobRef, StatusWriter
 
-SPEC_ENV = "TRAINFORGE_JOB"
-STATUS_INTERVAL_ENV = "TRAINFORGE_STATUS_INTERVAL_S"
 log = logging.getLogger("trainforge.run")
+
+
+class StatusSink(Protocol):
+    """Where the trainer's status writes go: the TrainingJob on a cluster, status.json locally."""
+
+    suspend_requested: bool
+
+    def patch(self, status: dict[str, Any]) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,13 @@ class ClusterJob:
         env = os.environ if environ is None else environ
         if SPEC_ENV not in env:
             raise SystemExit(f"{SPEC_ENV} is not set: this entrypoint runs inside a RayJob made by the operator")
-        payload = json.loads(env[SPEC_ENV])
-        spec = TrainingJobSpec.model_validate(payload["spec"])
-        target = resolve_storage(payload["storage"], payload.get("endpoint"), spec.checkpoint.region)
-        ref = JobRef(payload["namespace"], payload["name"], int(payload.get("attempt", 1)))
-        return cls(ref, payload.get("runName") or payload["name"], spec, target)
+        try:
+            payload = TrainerPayload.from_json(env[SPEC_ENV])
+        except ValueError as err:
+            raise SystemExit(f"{SPEC_ENV} does not hold a trainer payload: {err}") from None
+        spec = payload.spec
+        target = resolve_storage(payload.storage, payload.endpoint, spec.checkpoint.region)
+        return cls(JobRef(payload.namespace, payload.name, payload.attempt), payload.run_name, spec, target)
 
 
 def uri_prefix(target: StorageTarget) -> str:
@@ -56,18 +66,19 @@ def best_tracker(spec: TrainingJobSpec) -> BestTracker:
     return BestTracker(None, "max")
 
 
-def train(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
+def train(job: ClusterJob, writer: StatusSink, flag: Any = None) -> tuple[AttemptResult, str]:
+    """One Ray Train run of the job; `flag` (a PreemptFlag actor) lets the caller stop it."""
     from .callbacks import StatusCallback
     from .driver import fit_run, make_flag
 
-    flag = make_flag()
+    flag = flag or make_flag()
     interval = float(os.environ.get(STATUS_INTERVAL_ENV, "10"))
     status = StatusCallback(writer, uri_prefix(job.target), best_tracker(job.spec), interval, flag)
     result = fit_run(job.spec, job.run_name, job.target, [status], flag=flag)
     return result.status, result.error or ""
 
 
-def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
+def sweep(job: ClusterJob, writer: StatusSink) -> tuple[AttemptResult, str]:
     from .sweep.runner import run_sweep
 
     states: dict[str, str] = {}
@@ -91,8 +102,14 @@ def sweep(job: ClusterJob, writer: StatusWriter) -> tuple[str, str]:
     write(outcome.status.model_dump(mode="json", by_alias=True, exclude_none=True))
     failed = [t for t in outcome.trials if t.state == "ERROR"]
     if outcome.best is None:
-        return "failed", f"no trial reported {outcome.metric}" + (f"; {failed[0].error}" if failed else "")
-    return "succeeded", ""
+        return AttemptResult.FAILED, f"no trial reported {outcome.metric}" + (f"; {failed[0].error}" if failed else "")
+    return AttemptResult.SUCCEEDED, ""
+
+
+def outcome_patch(attempt: int, result: AttemptResult, message: str) -> dict[str, Any]:
+    """status.outcome, fenced by the attempt number: what the lifecycle reads to tell a preemption."""
+    outcome = AttemptOutcome(attempt=attempt, result=result, message=message, time=utcnow())
+    return {"outcome": outcome.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 def main() -> int:
@@ -101,7 +118,8 @@ def main() -> int:
     job = ClusterJob.from_env()
     writer = StatusWriter(job.ref)
     import ray
-    from trainforge.local.runner import prepare_ray_env
+
+    from .driver import prepare_ray_env
 
     prepare_ray_env()
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
@@ -111,10 +129,8 @@ def main() -> int:
         result, message = (sweep if job.spec.tune else train)(job, writer)
     except Exception as exc:  # still tell the operator why, then fail the attempt
         log.exception("the attempt failed")
-        result, message = "failed", f"{type(exc).__name__}: {exc}"
-    patch: dict[str, Any] = {"outcome": {"attempt": job.ref.attempt, "result": result, "message": message,
-                                         "time": now_stamp()}}
-    writer.patch(patch)
+        result, message = AttemptResult.FAILED, f"{type(exc).__name__}: {exc}"
+    writer.patch(outcome_patch(job.ref.attempt, result, message))
     from .driver import EXIT_CODES
 
     log.info("attempt %d %s%s", job.ref.attempt, result, f": {message}" if message else "")

@@ -1,8 +1,14 @@
-"""The local backend: each job runs under a background supervisor process on this machine, with its
-state in its run directory (`<root>/<name>/.job/`, see trainforge.local.jobstate)."""
+"""The local backend: each job's attempts run under a background supervisor process on this machine,
+with its state in its run directory (`<root>/<name>/.job/`, see trainforge.local.jobstate).
+
+Between attempts — before the first, while suspended, after a supervisor was lost, after the end —
+the backend itself runs the lifecycle pass (as the operator does on every resync), so a job behaves
+as on a cluster: a lost supervisor is a lost attempt (restarted while restartPolicy allows), and a
+finished job goes when its ttlSecondsAfterFinished has passed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -12,23 +18,23 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from ..local.jobstate import STATE_DIR, SUPERVISOR_MODULE, JobDir, now
+from ..lifecycle import AttemptState, AttemptView, Phase
+from ..local.jobstate import STATE_DIR, JobDir
+from ..local.passes import run_pass
 from ..spec import TrainingJob
-from ..spec.conditions import enter_phase, initial, stamp
-from ..spec.status import TERMINAL_PHASES
+from ..spec.contract import DEFAULT_LOCAL_ROOT, LOCAL_ROOT_ENV, SUPERVISOR_MODULE, TRAINER_EXTRA_HINT
+from ..spec.phases import TERMINAL_PHASES
 from .errors import JobExists, JobNotFound, LogsUnavailable, TrainforgeError
 from .labels import matches
 from .types import JobEvent
 
-ROOT_ENV = "TRAINFORGE_LOCAL_ROOT"
-DEFAULT_ROOT = "trainforge-runs"
 FOLLOW_POLL_S = 0.2
 STOP_WAIT_S = 30.0
 
 
 class LocalBackend:
     def __init__(self, root: str | Path | None = None, namespace: str | None = None) -> None:
-        self.root = Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT).resolve()
+        self.root = Path(root or os.environ.get(LOCAL_ROOT_ENV) or DEFAULT_LOCAL_ROOT).resolve()
         self.namespace = namespace or "default"
 
     def _dir(self, name: str) -> JobDir:
@@ -45,26 +51,21 @@ class LocalBackend:
         if jobdir.exists():
             raise JobExists(f"a local TrainingJob {job.name} already exists under {self.root}: delete it first "
                             f"(`trainforge delete {job.name} --backend local`) or choose another metadata.name")
+        if not job.spec.suspend:
+            _require_trainer()
         job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": self.namespace}),
                                      "status": None})
-        suspended = job.spec.suspend
-        status = {"phase": "Suspended" if suspended else "Created", "attempt": 0, "restarts": 0, "preemptions": 0,
-                  "conditions": initial(now(), None)}
-        if suspended:
-            status["conditions"] = enter_phase(status["conditions"], "Suspended", "Suspended",
-                                               "created suspended", now(), None)
-        jobdir.create(job, status)
-        jobdir.event("Normal", "Created", f"submitted to the local backend ({self.root})")
-        if not suspended:
-            self._start(jobdir)
+        jobdir.create(job)
+        self._reconcile(jobdir)
         return jobdir.read_job()
 
     def get(self, name: str) -> TrainingJob:
         jobdir = self._dir(name)
-        self._notice_lost_supervisor(jobdir)
         if jobdir.deleting() and jobdir.supervisor_pid() is None:
             jobdir.remove()
             raise JobNotFound(f"local TrainingJob {name} was deleted")
+        if self._reconcile(jobdir):
+            raise JobNotFound(f"local TrainingJob {name} was deleted after its ttlSecondsAfterFinished")
         return jobdir.read_job()
 
     def list(self, selector: str | None) -> list[TrainingJob]:
@@ -89,17 +90,18 @@ class LocalBackend:
         if suspend:
             jobdir.set_suspend(True)
             if pid is not None:
-                os.kill(pid, signal.SIGTERM)  # it checkpoints, stops, and writes phase Suspended
-            elif phase != "Suspended":
-                self._mark(jobdir, "Suspended", "Suspended", "suspended before an attempt started")
-        elif job.spec.suspend or phase == "Suspended":
-            if pid is not None and phase == "Suspended":
+                # The trainer checkpoints and stops at once (its supervisor's next pass says Suspended).
+                os.kill(pid, signal.SIGTERM)
+            else:
+                self._reconcile(jobdir)
+        elif job.spec.suspend or phase == Phase.SUSPENDED:
+            if pid is not None and phase == Phase.SUSPENDED:
                 pid = _wait_exit(jobdir, STOP_WAIT_S)  # it has written Suspended and is shutting down
             if pid is not None:
                 raise TrainforgeError(f"job {name} is still stopping (writing its checkpoint): resume it once "
                                       f"`trainforge status {name}` shows Suspended")
             jobdir.set_suspend(False)
-            self._start(jobdir)
+            self._reconcile(jobdir)
         return jobdir.read_job()
 
     def delete(self, name: str) -> None:
@@ -128,37 +130,40 @@ class LocalBackend:
     def _attempt_running(self, jobdir: JobDir, attempt: int) -> bool:
         status = jobdir.read_status()
         return (jobdir.supervisor_pid() is not None and status.get("attempt") == attempt
-                and status.get("phase") == "Running")
+                and status.get("phase") == Phase.RUNNING)
 
     # ---- the supervisor -----------------------------------------------------------------------
 
     def _start(self, jobdir: JobDir) -> None:
+        _require_trainer()
         with (jobdir.path / "supervisor.log").open("ab") as out:
             process = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(jobdir.path)],
                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True, cwd=self.root)
         jobdir.record_process(process.pid)
 
-    def _notice_lost_supervisor(self, jobdir: JobDir) -> None:
-        """A supervisor killed outside our control (kill -9, reboot) leaves a Running job: fail it."""
+    def _reconcile(self, jobdir: JobDir) -> bool:
+        """A lifecycle pass while no supervisor runs the job; True when the job was deleted (TTL).
+
+        No supervisor means no attempt: one that was running is lost (the local "node loss"), one
+        the status names but never started is started now."""
+        if jobdir.deleting() or jobdir.supervisor_pid() is not None:
+            return False
         phase = jobdir.read_status().get("phase")
-        if phase in ("Running", "Restarting", "Created") and jobdir.supervisor_pid() is None:
-            time.sleep(0.2)  # it may be writing its final status right now
-            if jobdir.read_status().get("phase") == phase and jobdir.supervisor_pid() is None:
-                self._mark(jobdir, "Failed", "SupervisorLost", "the local supervisor process exited without "
-                           f"finishing the job; see {jobdir.path / 'supervisor.log'}")
+        lost = "" if phase is None else (f"the local supervisor of attempt {jobdir.read_status().get('attempt')} "
+                                         f"exited without finishing it (see {jobdir.path / 'supervisor.log'})")
+        transition = run_pass(jobdir, AttemptView(AttemptState.NONE, lost))
+        if transition.delete_job:
+            jobdir.remove()
+            return True
+        if transition.start is not None:
+            self._start(jobdir)
+        return False
 
-    @staticmethod
-    def _mark(jobdir: JobDir, phase: str, reason: str, message: str) -> None:
-        def update(current: dict[str, object]) -> dict[str, object]:
-            conditions = enter_phase(current.get("conditions") or [], phase, reason, message, now(), None)  # type: ignore[arg-type]
-            patch: dict[str, object] = {"phase": phase, "reason": reason, "message": message, "conditions": conditions}
-            if phase in TERMINAL_PHASES:
-                patch["completionTime"] = stamp(now())
-            return patch
 
-        jobdir.patch_status(update)
-        jobdir.event("Warning" if phase == "Failed" else "Normal", reason, message)
+def _require_trainer() -> None:
+    if importlib.util.find_spec(SUPERVISOR_MODULE.split(".", 1)[0]) is None:
+        raise TrainforgeError(f"running a job on the local backend needs the trainer: {TRAINER_EXTRA_HINT}")
 
 
 def _wait_exit(jobdir: JobDir, timeout: float) -> int | None:

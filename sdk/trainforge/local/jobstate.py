@@ -1,8 +1,9 @@
 """A local job's state on disk, beside its checkpoints: `<root>/<name>/.job/`.
 
     job.yaml       the manifest as submitted (spec.suspend is rewritten by suspend/resume)
-    status.json    a TrainingJobStatus, merged under a file lock: the supervisor and the trainer's
-                   status callback (in the Ray Train controller process) both write it
+    status.json    a TrainingJobStatus, merged under a file lock: lifecycle passes (the supervisor's,
+                   the backend's) and the trainer's status callback (in the Ray Train controller
+                   process) write it, each only its own fields
     events.jsonl   one event per line
     attempt-N.log  the driver log of attempt N (Ray forwards the workers' output into it)
     process.json   pid of the supervisor running the job, while one runs
@@ -16,23 +17,17 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from ..spec import TrainingJob, parse_job
-from ..spec.conditions import stamp
+from ..spec.contract import SUPERVISOR_MODULE, merge_patch, stamp, utcnow
 from ..spec.load import dump_job
 from ..spec.yamlio import loads_all
 
 STATE_DIR = ".job"
-SUPERVISOR_MODULE = "trainforge.local.supervisor"
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class JobDir:
@@ -53,16 +48,20 @@ class JobDir:
 
     # ---- the job and its status -----------------------------------------------------------------
 
-    def create(self, job: TrainingJob, status: dict[str, Any]) -> None:
+    def create(self, job: TrainingJob) -> None:
+        """The job with an empty status: the first lifecycle pass writes it."""
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            _write_atomic(self.path / "status.json", json.dumps(status, indent=1))
+            _write_atomic(self.path / "status.json", "{}")
             _write_atomic(self.path / "job.yaml", dump_job(job))
 
     def read_job(self) -> TrainingJob:
         """The manifest with its current status attached."""
-        doc = loads_all((self.path / "job.yaml").read_text())[0]
-        return parse_job(doc).model_copy(update={"status": _status_model(self.read_status())})
+        return self.read_manifest().model_copy(update={"status": _status_model(self.read_status())})
+
+    def read_manifest(self) -> TrainingJob:
+        """The manifest as submitted (with suspend as suspend/resume set it), without status."""
+        return parse_job(loads_all((self.path / "job.yaml").read_text())[0])
 
     def read_status(self) -> dict[str, Any]:
         try:
@@ -93,7 +92,7 @@ class JobDir:
     # ---- events, logs, the supervisor -------------------------------------------------------------
 
     def event(self, type_: str, reason: str, message: str, obj: str | None = None) -> None:
-        line = json.dumps({"time": stamp(now()), "type": type_, "reason": reason, "message": message,
+        line = json.dumps({"time": stamp(utcnow()), "type": type_, "reason": reason, "message": message,
                            "object": obj or f"TrainingJob/{self.name}"})
         with self._lock, (self.path / "events.jsonl").open("a") as f:
             f.write(line + "\n")
@@ -155,23 +154,10 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a status merge patch: maps merge, null deletes."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
 def _status_model(doc: dict[str, Any]) -> Any:
-    from ..spec import TrainingJobStatus
+    from ..lifecycle import parse_status
 
-    return TrainingJobStatus.model_validate(doc) if doc else None
+    return parse_status(doc)[0] if doc else None
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -2,60 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from trainforge.spec.status import PHASES
-
-CONDITION_TYPES: tuple[str, ...] = (*PHASES, "SpecChangeRejected")
+from .phases import ConditionType, Phase
+from .status import Condition
 
 
-def stamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def initial(now: datetime, generation: int | None) -> list[dict[str, Any]]:
+def initial(now: datetime, generation: int | None) -> list[Condition]:
     """Every condition type present from the first sight of a job, so `kubectl wait` can use them."""
-    return [_condition(t, "True" if t == "Created" else "False", "Created" if t == "Created" else "",
-                       "", now, generation) for t in CONDITION_TYPES]
+    return [_condition(t, "True" if t == ConditionType.CREATED else "False",
+                       "Created" if t == ConditionType.CREATED else "", "", now, generation) for t in ConditionType]
 
 
-def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
-                  now: datetime, generation: int | None) -> list[dict[str, Any]]:
+def set_condition(conditions: Sequence[Condition], type_: str, status: str, reason: str, message: str,
+                  now: datetime, generation: int | None) -> list[Condition]:
     """A new list with `type_` set; its lastTransitionTime is kept when the status is unchanged."""
-    out: list[dict[str, Any]] = []
+    out: list[Condition] = []
     found = False
     for cond in conditions:
-        if cond.get("type") != type_:
+        if cond.type != type_:
             out.append(cond)
             continue
         found = True
-        when = cond.get("lastTransitionTime") if cond.get("status") == status else stamp(now)
-        out.append({**_condition(type_, status, reason, message, now, generation), "lastTransitionTime": when})
+        new = _condition(type_, status, reason, message, now, generation)
+        out.append(new.model_copy(update={"last_transition_time": cond.last_transition_time})
+                   if cond.status == status else new)
     if not found:
         out.append(_condition(type_, status, reason, message, now, generation))
     return out
 
 
-def enter_phase(conditions: list[dict[str, Any]], phase: str, reason: str, message: str,
-                now: datetime, generation: int | None) -> list[dict[str, Any]]:
+def enter_phase(conditions: Sequence[Condition], phase: str, reason: str, message: str,
+                now: datetime, generation: int | None) -> list[Condition]:
     """The phase's condition becomes True and the other phase conditions False (Created stays)."""
-    for other in PHASES:
-        if other not in (phase, "Created"):
-            current = next((c for c in conditions if c.get("type") == other), None)
-            if current is None or current.get("status") != "False":
-                conditions = set_condition(conditions, other, "False", reason, "", now, generation)
-    return set_condition(conditions, phase, "True", reason, message, now, generation)
+    result = list(conditions)
+    for other in Phase:
+        if other not in (phase, Phase.CREATED):
+            current = get(result, other)
+            if current is None or current.status != "False":
+                result = set_condition(result, other, "False", reason, "", now, generation)
+    return set_condition(result, phase, "True", reason, message, now, generation)
 
 
-def get(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
+def get(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
 
 
 def _condition(type_: str, status: str, reason: str, message: str, now: datetime,
-               generation: int | None) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message,
-                            "lastTransitionTime": stamp(now)}
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    return cond
+               generation: int | None) -> Condition:
+    return Condition(type=ConditionType(type_), status=status, reason=reason, message=message,  # type: ignore[arg-type]
+                     last_transition_time=now.replace(microsecond=0), observed_generation=generation)

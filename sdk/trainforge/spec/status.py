@@ -8,6 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 from .base import NonNegativeInt, SpecModel
+from .phases import PHASES, TERMINAL_PHASES, AttemptResult, ConditionType, Phase
+
+__all__ = ["PHASES", "TERMINAL_PHASES", "AttemptOutcome", "CheckpointRef", "Condition", "Progress",
+           "TrainingJobStatus", "TuneBest", "TuneStatus"]
 
 
 def _parse_time(value: Any) -> Any:
@@ -30,14 +34,14 @@ Timestamp = Annotated[
 ]
 """RFC 3339 time in UTC, as metav1.Time writes it."""
 
-Phase = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
-ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "SpecChangeRejected"]
-PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# The enums take their wire strings (strict mode alone would want enum instances from Python input).
+PhaseName = Annotated[Phase, Field(strict=False)]
+ConditionName = Annotated[ConditionType, Field(strict=False)]
+ResultName = Annotated[AttemptResult, Field(strict=False)]
 
 
 class Condition(SpecModel):
-    type: ConditionType
+    type: ConditionName
     status: Literal["True", "False", "Unknown"]
     reason: str = ""
     message: str = ""
@@ -82,13 +86,13 @@ class AttemptOutcome(SpecModel):
     the operator tells a preemption from a failure by it."""
 
     attempt: NonNegativeInt
-    result: Literal["succeeded", "failed", "preempted"]
+    result: ResultName
     message: str = ""
     time: Timestamp | None = None
 
 
 class TrainingJobStatus(SpecModel):
-    phase: Phase | None = None
+    phase: PhaseName | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: NonNegativeInt | None = None
     attempt: NonNegativeInt = 0

@@ -19,39 +19,55 @@ TRAINER_FILE = "trainer.pt"
 DCP_DIR = "dcp"
 
 
-def write_model(model: nn.Module, optimizer: Optimizer, directory: Path, sharded: bool, is_main: bool) -> None:
-    if sharded:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(directory / DCP_DIR))
+class ModelOptimizer:
+    """The model and its optimizer as one Stateful (their states are keyed by each other's names).
+
+    Unsharded (DDP or one worker) the state is the full state dicts, taken without collectives (rank 0
+    alone may call it); sharded (FSDP2) it is this rank's shards, which DCP loads in place."""
+
+    def __init__(self, model: nn.Module, optimizer: Optimizer, sharded: bool) -> None:
+        self.model, self.optimizer, self.sharded = model, optimizer, sharded
+
+    def _options(self) -> StateDictOptions:
+        return StateDictOptions(full_state_dict=not self.sharded)
+
+    def state_dict(self) -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._options())
+        return {"model": model_sd, "optimizer": optim_sd}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The spec's optimizer settings win over the checkpoint's: a PBT-perturbed or edited weight
+        decay must take effect (the lr is the schedule's, set again when it loads)."""
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=self._options())
+        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
+            group.update(values)
+
+
+def write_model(state: ModelOptimizer, directory: Path, is_main: bool) -> None:
+    if state.sharded:
+        dcp.save(state.state_dict(), checkpoint_id=str(directory / DCP_DIR))
         return
     if is_main:
-        write_full_state(full_state(model, optimizer), directory)
-
-
-def full_state(model: nn.Module, optimizer: Optimizer) -> dict[str, Any]:
-    """Unsharded model and optimizer state (no collectives: DDP or one worker, rank 0 alone)."""
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
-    return {"model": model_sd, "optimizer": optim_sd}
+        write_full_state(state.state_dict(), directory)
 
 
 def write_full_state(state: dict[str, Any], directory: Path) -> None:
     torch.save(state, directory / MODEL_FILE)
 
 
-def read_model(model: nn.Module, optimizer: Optimizer, directory: Path, sharded: bool, saved_sharded: bool) -> None:
-    if saved_sharded != sharded:
+def read_model(state: ModelOptimizer, directory: Path, saved_sharded: bool) -> None:
+    if saved_sharded != state.sharded:
         have, want = ("fsdp", "ddp") if saved_sharded else ("ddp", "fsdp")
         raise ValueError(f"the checkpoint was saved with strategy {have} but spec.strategy.type is {want}; "
                          "use the strategy it was saved with, or start over with --fresh")
-    if sharded:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, checkpoint_id=str(directory / DCP_DIR))  # reshards to this world size
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    if state.sharded:
+        shards = state.state_dict()
+        dcp.load(shards, checkpoint_id=str(directory / DCP_DIR))  # reshards to this world size
+        state.load_state_dict(shards)
         return
-    saved = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-    set_state_dict(model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
-                   options=StateDictOptions(full_state_dict=True))
+    state.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
 
 
 def write_trainer(state: dict[str, Any], directory: Path) -> None:

@@ -1,7 +1,10 @@
 """The checkpointer: when to save, how all ranks write one consistent checkpoint, how a run resumes.
 
-Every stateful part (model and optimizer, schedule, precision/scaler, early stopping, position,
-RNG) is saved through its own `state_dict()` and restored through `load_state_dict()`."""
+It is given the training state as named Stateful components (model and optimizer, schedule,
+precision/scaler, early stopping, the train state, RNG) and a few plain facts of the run; each
+component is saved through its own `state_dict()` and restores itself through `load_state_dict()`.
+On disk (format 1): the model and optimizer in model.pt or dcp/, the rest in trainer.pt, where the
+train state's keys sit at the top level and every other component's state under its name."""
 
 from __future__ import annotations
 
@@ -13,10 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import torch
-import torch.distributed as torch_dist
 from trainforge.checkpoints import (
     CheckpointEntry,
     Manifest,
@@ -27,41 +29,23 @@ from trainforge.checkpoints import (
     write_manifest,
 )
 from trainforge.checkpoints.manifest import digest
-from trainforge.spec import CheckpointConfig
+from trainforge.spec import CheckpointConfig, TrainingJobSpec
 
-from . import rng
-from .files import DCP_DIR, full_state, read_model, read_trainer, write_full_state, write_model, write_trainer
+from ..dist import World, all_reduce_max, all_reduce_min, distributed, from_main, gather_objects
+from ..train_state import TrainState
+from .files import DCP_DIR, ModelOptimizer, read_model, read_trainer, write_full_state, write_model, write_trainer
 from .preempt import PreemptionWatch, ray_preemption_notice
 from .snapshot import HostCopier, PendingSave, Writer
-from .state import scalars, spec_changes, spec_dict, spec_hash, versions
+from .state import Stateful, scalars, spec_changes, spec_dict, spec_hash, versions
 from .store import RayStore, Store
-
-if TYPE_CHECKING:
-    from ..loop import Loop
 
 log = logging.getLogger("trainforge.checkpoint")
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later, and the job will resume
-
-
-def _distributed() -> bool:
-    return torch_dist.is_initialized() and torch_dist.get_world_size() > 1
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not _distributed():
-        return [obj]
-    out: list[Any] = [None] * torch_dist.get_world_size()
-    torch_dist.all_gather_object(out, obj)
-    return out
-
-
-def _from_main(obj: Any) -> Any:
-    if not _distributed():
-        return obj
-    box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
-    return box[0]
+MODEL = "model"
+"""The component written to model.pt / dcp/: a `ModelOptimizer`."""
+TRAIN = "train"
+"""The component whose state is trainer.pt's top level: a `TrainState` (the checkpointer reads its position)."""
 
 
 @dataclass
@@ -73,22 +57,29 @@ class Resumed:
 
 
 class Checkpointer:
-    def __init__(self, loop: Loop, store: Store, watch: PreemptionWatch | None = None,
-                 init_from: str | None = None) -> None:
-        self.loop, self.store = loop, store
+    """Saves and restores named Stateful components; knows nothing of the loop that trains them."""
+
+    def __init__(self, components: dict[str, Stateful], store: Store, *, spec: TrainingJobSpec, world: World,
+                 total_steps: int, watch: PreemptionWatch | None = None, init_from: str | None = None) -> None:
+        missing = {MODEL, TRAIN} - components.keys()
+        if missing:
+            raise KeyError(f"the checkpointer needs the components {sorted(missing)}")
+        self.components = components
+        self.model = cast(ModelOptimizer, components[MODEL])
+        self.train = cast(TrainState, components[TRAIN])
+        self.spec, self.world, self.total_steps, self.store = spec, world, total_steps, store
         self.init_from = init_from
         """A checkpoint (path on the store's filesystem) to start from when the run has none of its
         own: how a PBT trial takes over a better trial's state."""
-        self.cfg: CheckpointConfig = loop.p.spec.checkpoint
+        self.cfg: CheckpointConfig = spec.checkpoint
         self.watch = watch or PreemptionWatch()
         self.last_saved_step = -1
         self.last_save_time = time.monotonic()
         self.noticed_drain = False
-        self.check_every = loop.p.spec.log_every_steps
-        self.pending_rng: dict[str, Any] | None = None
+        self.check_every = spec.log_every_steps
         self.retention = Retention.from_config(self.cfg)
         self.ray_notices = isinstance(store, RayStore)
-        self.copier = HostCopier(loop.p.world.device)
+        self.copier = HostCopier(world.device)
         self.writer = Writer()
         self.pending: PendingSave | None = None
         """The save being written in the background; committed at a later step boundary."""
@@ -97,12 +88,12 @@ class Checkpointer:
 
     def after_step(self) -> bool:
         """At an optimizer-step boundary. True when training must stop (preempted, saved)."""
-        step = self.loop.pos.step
+        step = self.train.position.step
         due = bool(self.cfg.every_steps and step % self.cfg.every_steps == 0)
-        if self.pending is not None and not _distributed():
+        if self.pending is not None and not distributed():
             self.finish_pending(wait=False)
-        if self.copier.unprepared and self._background_writes() and self.loop.p.world.is_main:
-            self.copier.prepare(full_state(self.loop.p.model, self.loop.p.optimizer))  # once
+        if self.copier.unprepared and self._background_writes() and self.world.is_main:
+            self.copier.prepare(self.model.state_dict())  # once
         if step % self.check_every == 0:
             preempt, late, drain, writing = self._agree_on_signals()
             if preempt:
@@ -128,14 +119,12 @@ class Checkpointer:
 
     def _agree_on_signals(self) -> tuple[bool, bool, bool, bool]:
         """(preempt, a save is late, node drain, a rank is still writing): one all-reduce at a check step."""
-        world = self.loop.p.world
-        late = bool(self.cfg.every_seconds) and world.is_main and \
+        late = bool(self.cfg.every_seconds) and self.world.is_main and \
             time.monotonic() - self.last_save_time >= (self.cfg.every_seconds or 0)
         writing = self.pending is not None and not self.pending.files.done()
-        flags = torch.tensor([float(self.watch.requested.is_set()), float(late), float(writing)], device=world.device)
-        if _distributed():
-            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
-        preempt, late_all, writing_any = (bool(v) for v in flags.tolist())
+        flags = torch.tensor([float(self.watch.requested.is_set()), float(late), float(writing)],
+                             device=self.world.device)
+        preempt, late_all, writing_any = (bool(v) for v in all_reduce_max(flags).tolist())
         return preempt, late_all, self.ray_notices and ray_preemption_notice(), writing_any
 
     def before_optimizer_step(self) -> None:
@@ -144,34 +133,34 @@ class Checkpointer:
     def _background_writes(self, reason: str = "interval") -> bool:
         """Interval and epoch saves of full (unsharded) state leave the step when `async` is on; a
         preempted or final save is the last thing the run does, and DCP's sharded save is collective."""
-        return self.cfg.async_ and not self.loop.p.sharded and reason in ("interval", "epoch")
+        return self.cfg.async_ and not self.model.sharded and reason in ("interval", "epoch")
 
     def save(self, reason: str) -> None:
-        loop, p = self.loop, self.loop.p
         self.finish_pending(wait=True)  # one save in flight: checkpoints commit in the order taken
-        if self.last_saved_step == loop.pos.step and reason != "preempted":
+        step, is_main = self.train.position.step, self.world.is_main
+        if self.last_saved_step == step and reason != "preempted":
             return
         started = time.perf_counter()
-        name = _from_main(f"checkpoint_{loop.pos.step:09d}_{time.time_ns() // 1_000_000:x}")
+        name = from_main(f"checkpoint_{step:09d}_{time.time_ns() // 1_000_000:x}")
         local = self.store.staging(name)
-        rng_states = _gather(rng.capture({"augment": p.augment_rng}))
-        trainer = self._trainer_state(rng_states, reason) if p.world.is_main else None
+        trainer = self._trainer_state()  # on every rank: the RNG component gathers all ranks' streams
+        trainer_file = trainer if is_main else None
         metrics = self._metrics(reason, name)
         manifest = self._manifest({}, metrics, reason)  # files are added once written
         background = self._background_writes(reason)
         if background:
-            state = self.copier.copy(full_state(p.model, p.optimizer)) if p.world.is_main else None
+            state = self.copier.copy(self.model.state_dict()) if is_main else None
             copied = self.copier.copied()
-            files = self.writer.submit(lambda: self._write_files(local, state, trainer, copied))
+            files = self.writer.submit(lambda: self._write_files(local, state, trainer_file, copied))
         else:
-            if p.sharded:
+            if self.model.sharded:
                 (local / DCP_DIR).mkdir(exist_ok=True)
-            write_model(p.model, p.optimizer, local, p.sharded, p.world.is_main)
+            write_model(self.model, local, is_main)
             files = Future()
-            files.set_result(self._write_files(local, None, trainer, lambda: None))
-        self.pending = PendingSave(name, loop.pos.step, reason, local, metrics, manifest,
-                                   time.perf_counter() - started, files)
-        self.last_saved_step, self.last_save_time = loop.pos.step, time.monotonic()
+            files.set_result(self._write_files(local, None, trainer_file, lambda: None))
+        self.pending = PendingSave(name, step, reason, local, metrics, manifest, time.perf_counter() - started,
+                                   files)
+        self.last_saved_step, self.last_save_time = step, time.monotonic()
         if not background:
             self.finish_pending(wait=True)
 
@@ -183,59 +172,51 @@ class Checkpointer:
             write_full_state(state, local)
         if trainer is not None:
             write_trainer(trainer, local)
-        return {rel: digest(str(local / rel)) for rel in owned_files(local, self.loop.p.world.rank)}
+        return {rel: digest(str(local / rel)) for rel in owned_files(local, self.world.rank)}
 
     def finish_pending(self, wait: bool) -> None:
         """Commit the save written in the background: manifest last, then the store (Ray's report).
         Every rank calls this at the same step (it gathers), except `wait=False` on a single worker."""
-        pending, p = self.pending, self.loop.p
+        pending, is_main = self.pending, self.world.is_main
         if pending is None or (not wait and not pending.files.done()):
             return
         self.pending = None
         mine = pending.files.result()  # what the writer raised, raised here
-        files = {k: v for part in _gather(mine) for k, v in part.items()}
-        if p.world.is_main:
+        files = {k: v for part in gather_objects(mine) for k, v in part.items()}
+        if is_main:
             write_manifest(_local_fs(), str(pending.local), dataclasses.replace(pending.manifest, files=files))
         # A preemption grace period is short: that checkpoint is uploaded before the run stops.
-        self.store.commit(pending.local if mine or p.world.is_main else None, pending.name,
+        self.store.commit(pending.local if mine or is_main else None, pending.name,
                           {**pending.metrics, "checkpoint_blocking_s": pending.blocking_s},
                           self.cfg.async_ and pending.reason != "preempted")
-        if not mine and not p.world.is_main and self.store.stages_locally:
+        if not mine and not is_main and self.store.stages_locally:
             shutil.rmtree(pending.local, ignore_errors=True)
-        if p.world.is_main:
+        if is_main:
             log.info("checkpoint %s (%s, step %d) committed; the step waited %.2fs", pending.name, pending.reason,
                      pending.step, pending.blocking_s)
             if self.store.trainer_prunes:
                 self.apply_retention()
 
-    def _trainer_state(self, rng_states: list[dict[str, Any]], reason: str) -> dict[str, Any]:
-        loop, p = self.loop, self.loop.p
-        return {
-            "position": loop.pos.state_dict(),
-            "schedule": p.schedule.state_dict(),
-            "precision": p.precision.state_dict(),
-            "early": p.early.state_dict() if p.early else None,
-            "last_eval": dict(loop.last_eval),
-            "rng": rng_states,
-            "world_size": p.world.size,
-            "batch_size": p.spec.batch.size,
-            "stop_reason": loop.stop_reason or ("epochs" if reason == "final" else ""),
-        }
+    def _trainer_state(self) -> dict[str, Any]:
+        """trainer.pt: the train state's keys at the top level, every other component (not the model)
+        under its name."""
+        others = {name: part.state_dict() for name, part in self.components.items() if name not in (MODEL, TRAIN)}
+        return {**self.train.state_dict(), **others}
 
     def _metrics(self, reason: str, name: str) -> dict[str, Any]:
-        loop = self.loop
-        return {"epoch": loop.pos.epoch, "step": loop.pos.step, "total_steps": loop.p.total_steps,
-                **loop.last_eval, "checkpoint": name, "checkpoint_reason": reason,
+        pos = self.train.position
+        return {"epoch": pos.epoch, "step": pos.step, "total_steps": self.total_steps,
+                **self.train.last_eval, "checkpoint": name, "checkpoint_reason": reason,
                 "preempted": reason == "preempted"}
 
     def _manifest(self, files: dict[str, Any], metrics: dict[str, Any], reason: str) -> Manifest:
-        p, pos = self.loop.p, self.loop.pos
+        pos, spec = self.train.position, self.spec
         return Manifest(
             step=pos.step, epoch=pos.epoch, batches_in_epoch=pos.micro_in_epoch,
-            samples_in_epoch=pos.micro_in_epoch * p.spec.batch.size * p.world.size,
-            world_size=p.world.size, strategy=p.spec.strategy.type, spec_hash=spec_hash(p.spec),
+            samples_in_epoch=self.train.samples_in_epoch,
+            world_size=self.world.size, strategy=spec.strategy.type, spec_hash=spec_hash(spec),
             files=files, metrics=scalars(metrics),
-            spec=spec_dict(p.spec), versions=versions(), reason=reason,
+            spec=spec_dict(spec), versions=versions(), reason=reason,
         )
 
     def apply_retention(self) -> None:
@@ -270,72 +251,49 @@ class Checkpointer:
         return f"{entry.name} (step {entry.step}): {reason}"
 
     def restore(self) -> Resumed | None:
-        p = self.loop.p
-        entries, skipped = _from_main(self.candidates() if p.world.is_main else None)
+        """Load the newest checkpoint every rank's copy of which verifies; None when there is none."""
+        entries, skipped = from_main(self.candidates() if self.world.is_main else None)
         if not entries and self.init_from:  # starting from scratch instead would quietly waste the trial
             raise FileNotFoundError(f"the checkpoint this run starts from is gone or invalid: {self.init_from}; "
                                     "keep more checkpoints (spec.checkpoint.keep) so they outlive a PBT exploit")
         for entry in entries:
-            path = entry.path
-            with self.store.fetch(path) as fetched:
+            with self.store.fetch(entry.path) as fetched:
                 local = Path(fetched)
                 verdict = verify(_local_fs(), str(local), hashes=True)
-                flag = torch.tensor([float(verdict.valid)], device=p.world.device)
-                if _distributed():
-                    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
-                if not flag.item():
-                    if p.world.is_main:
+                if not all_reduce_min(torch.tensor([float(verdict.valid)], device=self.world.device)).item():
+                    if self.world.is_main:
                         skipped.append(self._reject(entry, verdict.reason or "a rank's copy did not verify"))
                     continue
                 manifest = Manifest.from_json((local / "manifest.json").read_text())
-                hyper = _hyperparameters(p.optimizer)
-                read_model(p.model, p.optimizer, local, p.sharded, manifest.strategy == "fsdp")
-                _set_hyperparameters(p.optimizer, hyper)
-                self._load_trainer(read_trainer(local), manifest)
+                self._load(local, manifest)
             self.last_saved_step = manifest.step
-            changes = spec_changes(manifest.spec, spec_dict(p.spec)) if manifest.spec_hash != spec_hash(p.spec) else []
-            if changes and p.world.is_main:
-                log.warning("the spec changed since checkpoint %s: %s", path, "; ".join(changes))
-            return Resumed(path, manifest.step, skipped, changes)
+            changed = manifest.spec_hash != spec_hash(self.spec)
+            changes = spec_changes(manifest.spec, spec_dict(self.spec)) if changed else []
+            if changes and self.world.is_main:
+                log.warning("the spec changed since checkpoint %s: %s", entry.path, "; ".join(changes))
+            return Resumed(entry.path, manifest.step, skipped, changes)
         return None
 
-    def _load_trainer(self, state: dict[str, Any], manifest: Manifest) -> None:
-        loop, p = self.loop, self.loop.p
-        loop.pos.load_state_dict(state["position"])
-        same_layout = state["world_size"] == p.world.size and state["batch_size"] == p.spec.batch.size
-        if not same_layout:  # map the samples already seen onto this world size, rounded down
-            per_step = p.world.size * p.spec.batch.size * p.spec.batch.grad_accumulation
-            loop.pos.micro_in_epoch = manifest.samples_in_epoch // per_step * p.spec.batch.grad_accumulation
-        p.schedule.load_state_dict(state["schedule"])
-        p.precision.load_state_dict(state["precision"])
-        if p.early and state.get("early"):
-            p.early.load_state_dict(state["early"])
-        loop.last_eval = dict(state.get("last_eval") or {})
-        stopped = state.get("stop_reason", "")
-        # A finished run stays finished, unless the spec now allows more steps than it ran.
-        if stopped == "early_stopping" or (stopped and loop.pos.step >= p.total_steps):
-            loop.stop_reason = stopped
-        ranks = state["rng"]
-        if p.world.rank < len(ranks):
-            self.pending_rng = ranks[p.world.rank]  # applied once the epoch's data iterator exists
-
-    def restore_rng(self) -> None:
-        """Creating a DataLoader iterator draws from the torch RNG: restore after that, so the rest
-        of the epoch sees exactly the random stream the uninterrupted run saw."""
-        if self.pending_rng is not None:
-            rng.restore(self.pending_rng, {"augment": self.loop.p.augment_rng})
-            self.pending_rng = None
+    def _load(self, local: Path, manifest: Manifest) -> None:
+        """Every component restores itself; one the checkpoint holds no state for stays as it is
+        (early stopping added to the spec since, say). The model goes first: the schedule sets its lr."""
+        read_model(self.model, local, manifest.strategy == "fsdp")
+        trainer = read_trainer(local)
+        self.train.load_state_dict(trainer)
+        for name, part in self.components.items():
+            if name not in (MODEL, TRAIN) and trainer.get(name) is not None:
+                part.load_state_dict(trainer[name])
 
     def close(self) -> None:
         self.watch.close()
         self.writer.close()
         self.copier.close()
         if self.pending is not None:  # the run failed before committing it: without a manifest it was never valid
-            if self.store.stages_locally or self.loop.p.world.is_main:
+            if self.store.stages_locally or self.world.is_main:
                 shutil.rmtree(self.pending.local, ignore_errors=True)
             self.pending = None
         self.store.close()
-        if self.loop.p.world.is_main and self.store.trainer_prunes and self.last_saved_step >= 0:
+        if self.world.is_main and self.store.trainer_prunes and self.last_saved_step >= 0:
             try:
                 self.apply_retention()  # the last upload has landed: prune what it made surplus
             except OSError:
@@ -356,17 +314,6 @@ def owned_files(local: Path, rank: int) -> list[str]:
         elif rank == 0:
             owned.append(rel)
     return owned
-
-
-def _hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
-    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-
-
-def _set_hyperparameters(optimizer: Any, hyper: list[dict[str, Any]]) -> None:
-    """The spec's optimizer settings win over the checkpoint's: a PBT-perturbed or edited weight
-    decay must take effect (the lr is the schedule's, set again when it loads)."""
-    for group, values in zip(optimizer.param_groups, hyper, strict=True):
-        group.update(values)
 
 
 def _local_fs() -> Any:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..dist import gather_objects
+
 
 def capture(extra: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     version, internal, gauss = random.getstate()
@@ -38,3 +40,26 @@ def restore(state: dict[str, Any], extra: dict[str, torch.Generator] | None = No
     for name, g in (extra or {}).items():
         if name in state["generators"]:
             g.set_state(state["generators"][name])
+
+
+class RNGState:
+    """Every rank's random streams as one Stateful: its state is the list of all ranks' (gathered:
+    `state_dict` is a collective), and loading it keeps this rank's entry for `apply_pending`."""
+
+    def __init__(self, rank: int, generators: dict[str, torch.Generator]) -> None:
+        self.rank, self.generators = rank, generators
+        self.pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return gather_objects(capture(self.generators))
+
+    def load_state_dict(self, ranks: list[dict[str, Any]]) -> None:
+        """A rank the saved run did not have keeps its fresh streams."""
+        self.pending = ranks[self.rank] if self.rank < len(ranks) else None
+
+    def apply_pending(self) -> None:
+        """Creating a DataLoader iterator draws from the torch RNG: the loaded streams are applied after
+        that, so the rest of the epoch sees exactly the random stream the uninterrupted run saw."""
+        if self.pending is not None:
+            restore(self.pending, self.generators)
+            self.pending = None

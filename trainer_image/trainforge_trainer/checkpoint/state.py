@@ -1,12 +1,11 @@
-"""What a checkpoint holds besides model and optimizer: every Stateful component of the loop."""
+"""What a checkpoint is made of (Stateful components) and what its manifest records about the run."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import platform
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from trainforge.spec import TrainingJobSpec
@@ -14,20 +13,14 @@ from trainforge.spec import TrainingJobSpec
 FORMAT_VERSION = 1
 
 
-@dataclass
-class Position:
-    """Where training is: the epoch, the optimizer step, and the micro-batches of this epoch already
-    trained on (per rank), so a resumed run skips exactly those."""
+class Stateful(Protocol):
+    """A part of the training state that saves and restores itself: what the checkpointer is given.
+    Like `torch.distributed.checkpoint.stateful.Stateful`, but a state may be any value that
+    `torch.load(weights_only=True)` reads back (the RNG component's is a list, one entry per rank)."""
 
-    epoch: int = 0
-    step: int = 0
-    micro_in_epoch: int = 0
+    def state_dict(self) -> Any: ...
 
-    def state_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.step, self.micro_in_epoch = state["epoch"], state["step"], state["micro_in_epoch"]
+    def load_state_dict(self, state: Any) -> None: ...
 
 
 def spec_dict(spec: TrainingJobSpec) -> dict[str, Any]:

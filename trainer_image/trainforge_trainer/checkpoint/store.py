@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow.fs as pafs
+from trainforge.checkpoints import resolve_storage
+from trainforge.spec import CheckpointConfig
 
 from .transfer import download_dir, upload_dir
 
@@ -106,6 +108,17 @@ class UploadStore:
             self.wait()
         finally:
             self._pool.shutdown()
+
+
+def run_dir_store(run_dir: str | None, cfg: CheckpointConfig) -> Store | None:
+    """The store of a run directory without Ray: a local path (or shared filesystem) is written in
+    place, remote storage is uploaded to; no directory, no checkpoints."""
+    if not run_dir:
+        return None
+    if "://" not in run_dir:
+        return DirStore(run_dir)
+    target = resolve_storage(run_dir, cfg.endpoint, cfg.region)
+    return UploadStore(target.filesystem, target.path)
 
 
 def _ray_upload(checkpoint: Any, dir_name: str) -> Any:

@@ -6,33 +6,30 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..checkpoints import CheckpointEntry, StorageTarget, list_checkpoints, resolve_storage
-from ..spec import TrainingJob, TrainingJobSpec
+from trainforge.checkpoints import CheckpointEntry, StorageTarget, list_checkpoints, resolve_storage
+from trainforge.lifecycle import AttemptResult
+from trainforge.local import default_storage
+from trainforge.spec import TrainingJob, TrainingJobSpec
 
-DEFAULT_ROOT = "trainforge-runs"
-REPORT_POLL_S = "0.1"
-
-
-def default_storage() -> str:
-    return str(Path(DEFAULT_ROOT).resolve())
+from ..driver import discard_run, fit_run, prepare_ray_env
+from ..launch import check_fits, preflight
 
 
 @dataclass
 class RunOutcome:
     name: str
     storage: str
-    status: str
-    """succeeded, failed or preempted (checkpointed on SIGTERM; running it again resumes)."""
+    status: AttemptResult
+    """Preempted: checkpointed on SIGTERM; running it again resumes."""
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     exit_code: int = 0
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == AttemptResult.SUCCEEDED
 
     @property
     def run_dir(self) -> str:
@@ -85,8 +82,6 @@ class LocalRun:
     def execute(self, on_report: Callable[[dict[str, Any]], None] = lambda r: None) -> RunOutcome:
         import ray
         from ray.util.queue import Queue
-        from trainforge_trainer.driver import discard_run, fit_run
-        from trainforge_trainer.launch import check_fits, preflight
 
         spec, target = self.spec, self.target
         preflight(spec)  # a bad task or impossible arguments fail here, before Ray starts anything
@@ -113,9 +108,8 @@ class LocalRun:
     def sweep(self, on_result: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
         """Run, or resume, the job's `spec.tune` sweep; returns the SweepOutcome."""
         import ray
-        from trainforge_trainer.driver import discard_run
-        from trainforge_trainer.launch import preflight
-        from trainforge_trainer.sweep.runner import run_sweep
+
+        from ..sweep.runner import run_sweep
 
         spec, target = self.spec, self.target
         preflight(spec)
@@ -142,12 +136,3 @@ class LocalRun:
             kwargs["num_cpus"] = os.cpu_count() or 1
         kwargs.update(self.ray_init)
         return kwargs
-
-
-def prepare_ray_env() -> None:
-    """Environment Ray must see before `ray.init` (the local cluster's processes inherit it)."""
-    # Train V2 workers hand each report to a one-slot queue that the controller drains once per
-    # health check (2 s by default): without this every report would stall training that long.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
-    # Tune's own console reporter would interleave with ours (and with `-o json` on stdout).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

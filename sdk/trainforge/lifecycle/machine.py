@@ -1,0 +1,248 @@
+"""The lifecycle's state machine: one decision about one job, on a working copy of its status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..spec import TrainingJobSpec, TrainingJobStatus
+from ..spec import conditions as conds
+from ..spec.contract import attempt_name
+from ..spec.phases import AttemptResult, ConditionType, EventType, Phase, Reason
+from ..spec.status import AttemptOutcome
+from .types import Action, AttemptState, AttemptView, DeleteJob, Event, StartAttempt, StopAttempt, Timing, Transition
+
+SUSPEND_POLL_S = 2.0
+"""How often a suspending attempt is looked at until it has stopped."""
+
+
+class Lifecycle:
+    """Decides the next status of one job. Backends that check more than `advance` does (the
+    operator's edit guard, its storage check) call `accept_spec`, `reject_edit` and `fail` first.
+
+    Args:
+        status: the status as read; it is not modified (the machine works on a copy).
+        now: the backend's clock.
+        generation: metadata.generation, mirrored into observedGeneration and the conditions.
+        name: the job's name, for messages."""
+
+    def __init__(self, status: TrainingJobStatus, now: datetime, generation: int | None = None,
+                 name: str = "") -> None:
+        self.before = status
+        self.status = status.model_copy(deep=True)
+        self.now, self.generation, self.name = now, generation, name
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.requeue_after: float | None = None
+        self.ttl_after_finished: int | None = None
+        """spec.ttlSecondsAfterFinished; `advance` takes it from the spec."""
+        if self.status.phase is None:
+            self.status.phase, self.status.attempt = Phase.CREATED, 0
+            self.status.conditions = conds.initial(now, generation)
+            self.event(EventType.NORMAL, Reason.CREATED, "TrainingJob accepted")
+
+    @property
+    def phase(self) -> Phase:
+        assert self.status.phase is not None  # set in __init__
+        return self.status.phase
+
+    @property
+    def attempt(self) -> int:
+        return self.status.attempt
+
+    # ---- the machine ---------------------------------------------------------------------------
+
+    def advance(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
+        self.ttl_after_finished = spec.ttl_seconds_after_finished
+        if self.phase.is_terminal or self._deadline_passed(spec, attempt):
+            return
+        if not spec.suspend and self.status.suspend_requested:  # un-suspended before it took effect
+            self.status.suspend_requested = None
+            self.set_condition(ConditionType.SUSPENDED, "False", Reason.SUSPEND_CANCELLED, "")
+        if spec.suspend or self.phase == Phase.SUSPENDED:
+            return self._suspension(spec, attempt, timing)
+        if self.attempt == 0:
+            return self.start_attempt(Reason.CREATED, "attempt 1")
+        if attempt.state == AttemptState.NONE:
+            return self._missing(spec, attempt)
+        if attempt.state in (AttemptState.SUCCEEDED, AttemptState.ENDED):
+            return self._ended(spec, attempt)
+        return self._running(spec, attempt, timing)
+
+    def transition(self) -> Transition:
+        if self.phase.is_terminal:
+            self._after_finish()
+        if self.generation is not None and self.status.observed_generation != self.generation:
+            self.status.observed_generation = self.generation
+        return Transition(self.before, self.status, self.actions, self.events, self.requeue_after)
+
+    def _deadline_passed(self, spec: TrainingJobSpec, attempt: AttemptView) -> bool:
+        limit, started = spec.active_deadline_seconds, self.status.start_time
+        if limit is None or started is None or self.phase == Phase.SUSPENDED:
+            return False
+        left = limit - (self.now - started).total_seconds()
+        if left > 0:
+            self.requeue(left)
+            return False
+        self.fail(Reason.DEADLINE_EXCEEDED, f"the job ran longer than spec.activeDeadlineSeconds ({limit} s)", attempt)
+        return True
+
+    def _suspension(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
+        """Suspend (the trainer checkpoints, then the attempt is stopped) or resume with a new attempt."""
+        if not spec.suspend:  # resuming: a new attempt continues from the checkpoints
+            self.status.start_time = self.now  # the deadline clock restarts, as for a Job
+            return self.start_attempt(Reason.RESUMED, "resumed after suspension")
+        if self.phase == Phase.SUSPENDED:
+            if attempt.active:  # stopping it was interrupted
+                self.stop()
+            return
+        asked = self.status.suspend_requested
+        if attempt.active and asked is None:
+            self.status.suspend_requested = self.now
+            self.set_condition(ConditionType.SUSPENDED, "Unknown", Reason.SUSPENDING,
+                               "the trainer checkpoints and stops")
+            self.event(EventType.NORMAL, Reason.SUSPENDING, f"attempt {self.attempt}: checkpointing before suspension")
+            return self.requeue(SUSPEND_POLL_S)
+        if attempt.active and asked is not None and (self.now - asked).total_seconds() < timing.suspend_grace_s:
+            return self.requeue(SUSPEND_POLL_S)
+        if attempt.active:
+            self.stop()
+        self.status.suspend_requested = None
+        self.enter(Phase.SUSPENDED, Reason.SUSPENDED,
+                   "suspended; set spec.suspend: false (`trainforge resume`) to continue from the checkpoint")
+
+    def _missing(self, spec: TrainingJobSpec, attempt: AttemptView) -> None:
+        if self.phase in (Phase.CREATED, Phase.RESTARTING):
+            # The status names the attempt but it does not exist: starting it was interrupted.
+            self.actions.append(StartAttempt(self.attempt))
+            return
+        self._restart_or_fail(spec, False, attempt.message or f"attempt {self.attempt} disappeared")
+
+    def _ended(self, spec: TrainingJobSpec, attempt: AttemptView) -> None:
+        if attempt.state == AttemptState.SUCCEEDED:
+            self.status.completion_time = self.now
+            self.enter(Phase.SUCCEEDED, Reason.SUCCEEDED, f"attempt {self.attempt} finished training")
+            return
+        outcome = self._outcome()
+        why = (outcome.message if outcome else "") or attempt.message or f"attempt {self.attempt} ended"
+        self._restart_or_fail(spec, self._preempted(attempt), why)
+
+    def _running(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
+        if attempt.disrupted and self.status.disrupted_attempt != self.attempt:
+            # Remembered: a disrupted pod (or the head) may be gone by the time the attempt ends.
+            self.status.disrupted_attempt = self.attempt
+        if attempt.head_lost:
+            missing = self.status.head_missing_since
+            if missing is None:
+                self.status.head_missing_since = self.now
+                return self.requeue(timing.head_lost_grace_s)
+            waited = (self.now - missing).total_seconds()
+            if waited < timing.head_lost_grace_s:
+                return self.requeue(timing.head_lost_grace_s - waited)
+            self.stop()  # the backend would leave it stuck
+            why = f"{attempt.message or 'the attempt head'} has been gone for {int(waited)} s"
+            return self._restart_or_fail(spec, self._preempted(attempt), why)
+        if self.status.head_missing_since:
+            self.status.head_missing_since = None
+        if attempt.state == AttemptState.RUNNING and self.phase != Phase.RUNNING:
+            self.enter(Phase.RUNNING, Reason.ATTEMPT_RUNNING, f"attempt {self.attempt} is training")
+        self.requeue(timing.resync_s)
+
+    def _after_finish(self) -> None:
+        ttl, finished = self.ttl_after_finished, self.status.completion_time
+        if ttl is None or finished is None:
+            return
+        left = ttl - (self.now - finished).total_seconds()
+        if left <= 0:
+            self.actions.append(DeleteJob())
+        else:
+            self.requeue(left)
+
+    # ---- transitions ---------------------------------------------------------------------------
+
+    def _restart_or_fail(self, spec: TrainingJobSpec, preempted: bool, why: str) -> None:
+        policy, attempt = spec.restart_policy, self.attempt
+        counts = not preempted or policy.count_preemptions
+        if preempted:
+            self.status.preemptions += 1
+            self.event(EventType.WARNING, Reason.PREEMPTED, f"attempt {attempt} was preempted: {why}")
+        if counts and self.status.restarts >= policy.max_restarts:
+            return self.fail(Reason.RESTARTS_EXHAUSTED, f"attempt {attempt} failed ({why}); "
+                                                        f"restartPolicy.maxRestarts ({policy.max_restarts}) reached")
+        if counts:
+            self.status.restarts += 1
+            if not preempted:
+                self.event(EventType.WARNING, Reason.ATTEMPT_FAILED, f"attempt {attempt} failed: {why}")
+        self.start_attempt(Reason.PREEMPTED if preempted else Reason.ATTEMPT_FAILED, why)
+
+    def start_attempt(self, reason: Reason, message: str) -> None:
+        attempt = self.attempt + 1
+        after_suspension = self.phase == Phase.SUSPENDED
+        self.status.attempt = attempt
+        self.status.head_missing_since = self.status.suspend_requested = self.status.disrupted_attempt = None
+        if not self.status.start_time:
+            self.status.start_time = self.now
+        self.actions.append(StartAttempt(attempt))
+        if attempt > 1 or after_suspension:
+            self.enter(Phase.RESTARTING, reason, f"attempt {attempt}: {message}")
+        self.event(EventType.NORMAL, Reason.ATTEMPT_CREATED,
+                   f"{attempt_name(self.name, attempt)} for attempt {attempt}" if self.name else f"attempt {attempt}")
+
+    def stop(self) -> None:
+        if StopAttempt(self.attempt) not in self.actions:
+            self.actions.append(StopAttempt(self.attempt))
+
+    def fail(self, reason: Reason, message: str, attempt: AttemptView | None = None) -> None:
+        """The job fails for good; an attempt still running is stopped."""
+        if attempt is not None and attempt.active:
+            self.stop()
+        self.status.completion_time = self.now
+        self.enter(Phase.FAILED, reason, message, warning=True)
+
+    def enter(self, phase: Phase, reason: Reason, message: str, warning: bool = False) -> None:
+        previous = self.status.phase
+        self.status.conditions = conds.enter_phase(self.status.conditions, phase, reason, message, self.now,
+                                                   self.generation)
+        self.status.phase, self.status.reason, self.status.message = phase, reason.value, message
+        if previous != phase:
+            self.event(EventType.WARNING if warning else EventType.NORMAL, phase.value,
+                       f"{previous} → {phase}: {message}")
+
+    # ---- the spec the job runs (for backends that guard edits) ---------------------------------
+
+    def accept_spec(self, spec_hash: str) -> None:
+        self.status.spec_hash = spec_hash
+        self.set_condition(ConditionType.SPEC_CHANGE_REJECTED, "False", "", "")
+
+    def reject_edit(self, reason: Reason, message: str) -> None:
+        """SpecChangeRejected turns True; a Warning event when it turns so, or for another reason."""
+        was = conds.get(self.status.conditions, ConditionType.SPEC_CHANGE_REJECTED)
+        self.set_condition(ConditionType.SPEC_CHANGE_REJECTED, "True", reason, message)
+        if was is None or was.status != "True" or was.reason != reason:
+            self.event(EventType.WARNING, Reason.SPEC_CHANGE_REJECTED, message)
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _outcome(self) -> AttemptOutcome | None:
+        outcome = self.status.outcome
+        return outcome if outcome is not None and outcome.attempt == self.attempt else None
+
+    def _preempted(self, attempt: AttemptView) -> bool:
+        """The trainer said so, or its pods were marked for disruption, now or before."""
+        outcome = self._outcome()
+        said = outcome is not None and outcome.result == AttemptResult.PREEMPTED
+        return said or attempt.disrupted or self.status.disrupted_attempt == self.attempt
+
+    def set_condition(self, type_: ConditionType, status: str, reason: str, message: str) -> None:
+        current = conds.get(self.status.conditions, type_)
+        if current is not None and (current.status, current.reason, current.message) == (status, reason, message):
+            return
+        self.status.conditions = conds.set_condition(self.status.conditions, type_, status, reason, message,
+                                                     self.now, self.generation)
+
+    def event(self, type_: EventType, reason: str, message: str) -> None:
+        self.events.append(Event(type_, str(reason), message))
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.5)
+        current = self.requeue_after
+        self.requeue_after = seconds if current is None else min(current, seconds)

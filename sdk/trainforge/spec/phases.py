@@ -1,0 +1,73 @@
+"""The names a TrainingJob's status is made of: phases, condition types, reasons, attempt results.
+
+API constants live next to the API types, as Kubeflow Trainer keeps its condition and reason names:
+every writer (operator, local supervisor, trainer) and every reader (SDK, CLI, kubectl columns) uses
+these, never a string literal of its own."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Nothing more happens to the job but its TTL."""
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ConditionType(StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SPEC_CHANGE_REJECTED = "SpecChangeRejected"
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons of transitions, conditions and events."""
+
+    CREATED = "Created"
+    ATTEMPT_CREATED = "AttemptCreated"
+    ATTEMPT_RUNNING = "AttemptRunning"
+    ATTEMPT_FAILED = "AttemptFailed"
+    PREEMPTED = "Preempted"
+    RESTARTS_EXHAUSTED = "RestartsExhausted"
+    SUCCEEDED = "Succeeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    SUSPENDING = "Suspending"
+    SUSPENDED = "Suspended"
+    SUSPEND_CANCELLED = "SuspendCancelled"
+    RESUMED = "Resumed"
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_EDIT = "InvalidEdit"
+    IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+    SPEC_CHANGE_REJECTED = "SpecChangeRejected"
+    NO_STORAGE = "NoStorage"
+    RAYJOB_REJECTED = "RayJobRejected"
+
+
+class AttemptResult(StrEnum):
+    """How the trainer says an attempt ended (status.outcome.result, and its exit code)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PREEMPTED = "preempted"
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
+TERMINAL_PHASES = frozenset(p for p in Phase if p.is_terminal)
