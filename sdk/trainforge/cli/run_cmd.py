@@ -150,6 +150,7 @@ def _local_run_class() -> Any:
     try:
         from trainforge_trainer.local.runner import LocalRun
     except ImportError as exc:
-        err.print(f"[red]error[/] `trainforge run` needs the trainer ({escape(str(exc))}): {TRAINER_EXTRA_HINT}")
+        err.print(f"[red]error[/] `trainforge run` needs the trainer ({escape(str(exc))}): "
+                  f"{escape(TRAINER_EXTRA_HINT)}")
         sys.exit(1)
     return LocalRun

@@ -58,6 +58,8 @@ class Lifecycle:
         if not spec.suspend and self.status.suspend_requested:  # un-suspended before it took effect
             self.status.suspend_requested = None
             self.set_condition(ConditionType.SUSPENDED, "False", Reason.SUSPEND_CANCELLED, "")
+        if attempt.state == AttemptState.SUCCEEDED and self.attempt > 0:
+            return self._ended(spec, attempt)  # done, even if a suspension was on its way
         if spec.suspend or self.phase == Phase.SUSPENDED:
             return self._suspension(spec, attempt, timing)
         if self.attempt == 0:
@@ -89,6 +91,8 @@ class Lifecycle:
     def _suspension(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
         """Suspend (the trainer checkpoints, then the attempt is stopped) or resume with a new attempt."""
         if not spec.suspend:  # resuming: a new attempt continues from the checkpoints
+            if attempt.active:  # stopping the suspended one was interrupted: never two at once
+                self.stop()
             self.status.start_time = self.now  # the deadline clock restarts, as for a Job
             return self.start_attempt(Reason.RESUMED, "resumed after suspension")
         if self.phase == Phase.SUSPENDED:
@@ -115,7 +119,8 @@ class Lifecycle:
             # The status names the attempt but it does not exist: starting it was interrupted.
             self.actions.append(StartAttempt(self.attempt))
             return
-        self._restart_or_fail(spec, False, attempt.message or f"attempt {self.attempt} disappeared")
+        why = attempt.message or f"attempt {self.attempt} disappeared"
+        self._restart_or_fail(spec, self._preempted(attempt), why)  # gone after a disruption: a preemption
 
     def _ended(self, spec: TrainingJobSpec, attempt: AttemptView) -> None:
         if attempt.state == AttemptState.SUCCEEDED:
