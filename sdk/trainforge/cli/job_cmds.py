@@ -21,6 +21,7 @@ from rich.markup import escape
 from ..client import LogsUnavailable, TrainforgeError, TrainingJobClient, WaitTimeout
 from ..client.client import BackendName
 from ..spec import SpecValidationError, TrainingJob
+from ..spec.phases import Phase
 from ..spec.status import PHASES, TERMINAL_PHASES
 from . import job_view as view
 from .console import err
@@ -149,7 +150,7 @@ def _finish(job: TrainingJob, output: str, announced: bool) -> NoReturn:
         view.emit(view.dump(job), output)
     elif not announced:
         err.print(escape(view.progress_line(job)))
-    sys.exit(0 if view.phase(job) == "Succeeded" else 1)
+    sys.exit(0 if view.phase(job) == Phase.SUCCEEDED else 1)
 
 
 def _follow(client: TrainingJobClient, name: str, deadline: float | None) -> None:

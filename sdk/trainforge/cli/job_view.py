@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..client import JobEvent
 from ..spec import TrainingJob
+from ..spec.phases import Phase
 from ..spec.status import TrainingJobStatus
 from ..spec.yamlio import dumps
 from .console import out
@@ -103,7 +104,7 @@ def progress_line(job: TrainingJob) -> str:
         parts.append(f"epoch {status.progress.epoch} step {step_text(status)}")
         if status.progress.metrics:
             parts.append(metrics_text(status.progress.metrics))
-    if status.phase in ("Failed", "Suspended", "Restarting") and (status.reason or status.message):
+    if status.phase in (Phase.FAILED, Phase.SUSPENDED, Phase.RESTARTING) and (status.reason or status.message):
         parts.append(": ".join(p for p in (status.reason, status.message) if p))
     return ", ".join(parts)
 

@@ -11,6 +11,7 @@ from ..checkpoints import CheckpointEntry, list_checkpoints
 from ..spec import TrainingJob, parse_job
 from ..spec.errors import SpecValidationError
 from ..spec.load import load_jobs
+from ..spec.phases import Phase
 from ..spec.status import TERMINAL_PHASES
 from .backend import Backend
 from .errors import InvalidJob, JobNotFound, LogsUnavailable, TrainforgeError, WaitTimeout
@@ -138,7 +139,7 @@ class TrainingJobClient:
                     yield f"--- attempt {latest} ---"
                     yield from later
                     continue
-            if _phase(job) in TERMINAL_PHASES or _phase(job) == "Suspended":
+            if _phase(job) in TERMINAL_PHASES or _phase(job) == Phase.SUSPENDED:
                 return
             time.sleep(self.poll_s)
 
