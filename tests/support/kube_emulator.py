@@ -33,6 +33,7 @@ import jsonpointer
 import jsonschema
 import kmock
 from kmock._internal import apps, parsing, rendering  # no public API to build a request ourselves
+from trainforge.spec.contract import merge_patch  # RFC 7386, as the API server applies it
 
 from tests.support import kube_rules as rules
 from tests.support.kube_gc import OwnerGarbageCollection
@@ -325,7 +326,7 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
             if not isinstance(request.data, dict):
                 fail(400, "BadRequest", "a merge patch must be a JSON object")
             self._check_version(key, current, request.data)
-            new = rules.merge_patch(current, request.data)
+            new = merge_patch(current, request.data)
         return self._update(request, key, current, new, info)
 
     async def _serve_replace(self, request: rendering.Request) -> Obj:

@@ -3,7 +3,6 @@ and field selectors, merge patches, CRD schemas (pruning, Draft 4 validation, St
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import re
@@ -78,19 +77,6 @@ def field_selector(text: str | None) -> Callable[[Obj], bool]:
                 return False
         return True
     return matches
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: dicts merge recursively, null removes, everything else (lists too) replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def draft4(schema: Any) -> Any:

@@ -7,6 +7,7 @@ Note:
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -74,10 +75,11 @@ class TrainerPayload(SpecModel):
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch: maps merge, null deletes."""
+    """RFC 7386, as the API server applies a merge patch: maps merge, null deletes, anything else
+    (lists too) replaces. Returns a new document sharing nothing with either argument."""
     if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
