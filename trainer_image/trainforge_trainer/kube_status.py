@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainforge import __version__
-from trainforge.spec.contract import API_GROUP, PLURAL, VERSION, stamp, utcnow
+from trainforge.spec import CheckpointRef, Progress, TrainingJobStatus
+from trainforge.spec.contract import API_GROUP, PLURAL, VERSION, utcnow
 
 log = logging.getLogger("trainforge.status")
 USER_AGENT = f"trainforge-trainer/{__version__}"
@@ -67,20 +68,18 @@ class StatusWriter:
 
 
 def progress_patch(metrics: dict[str, Any], checkpoint_uri: str | None, best: dict[str, Any] | None) -> dict[str, Any]:
+    """The trainer's part of the status, built as the status models and dumped as a merge patch."""
     numbers = {k: float(v) for k, v in metrics.items()
                if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("epoch", "step", "total_steps")}
-    progress: dict[str, Any] = {"epoch": int(metrics.get("epoch", 0)), "step": int(metrics.get("step", 0)),
-                                "metrics": numbers, "updateTime": stamp(utcnow())}
-    if metrics.get("total_steps"):
-        progress["totalSteps"] = int(metrics["total_steps"])
-    if isinstance(metrics.get("samples_per_second"), int | float):
-        progress["samplesPerSecond"] = float(metrics["samples_per_second"])
-    patch: dict[str, Any] = {"progress": progress}
-    if checkpoint_uri:
-        patch["latestCheckpoint"] = checkpoint_uri
-    if best:
-        patch["bestCheckpoint"] = best
-    return patch
+    rate = metrics.get("samples_per_second")
+    progress = Progress(epoch=int(metrics.get("epoch", 0)), step=int(metrics.get("step", 0)),
+                        total_steps=int(metrics["total_steps"]) if metrics.get("total_steps") else None,
+                        metrics=numbers, update_time=utcnow(),
+                        samples_per_second=float(rate) if isinstance(rate, int | float) else None)
+    status = TrainingJobStatus(progress=progress, latest_checkpoint=checkpoint_uri or None,
+                               best_checkpoint=CheckpointRef.model_validate(best) if best else None)
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True,
+                             include={"progress", "latest_checkpoint", "best_checkpoint"})
 
 
 class BestTracker:
