@@ -176,16 +176,23 @@ def test_the_events_of_an_attempt_survive_a_failed_rayjob_create(kube: Kube, mon
     with run_operator(kube, module=MODULE, check=False) as run:
         monkeypatch.setattr(run.module, "ERROR_RETRY_S", 0.2)
         errors, attempts = metric(run, "trainforge_reconcile_errors_total"), metric(run, "trainforge_attempts_total")
-        custom = run.module.kube().custom
-        create, refused = custom.create_namespaced_custom_object, []
+        refused: list[Any] = []
+        build = run.module.Kube.__init__
 
-        def flaky_create(*args: Any, **kwargs: Any) -> Any:
-            if not refused:  # after the status patch that recorded attempt 1 went through
-                refused.append(args)
-                raise ApiException(status=503, reason="Service Unavailable")
-            return create(*args, **kwargs)
+        def flaky_kube(self: Any, *args: Any, **kwargs: Any) -> None:
+            """The operator's API client (built at its first pass), refusing the first RayJob create."""
+            build(self, *args, **kwargs)
+            create = self.custom.create_namespaced_custom_object
 
-        monkeypatch.setattr(custom, "create_namespaced_custom_object", flaky_create)
+            def flaky_create(*args: Any, **kwargs: Any) -> Any:
+                if not refused:  # after the status patch that recorded attempt 1 went through
+                    refused.append(args)
+                    raise ApiException(status=503, reason="Service Unavailable")
+                return create(*args, **kwargs)
+
+            self.custom.create_namespaced_custom_object = flaky_create
+
+        monkeypatch.setattr(run.module.Kube, "__init__", flaky_kube)
         kube.create(job_doc())
         rayjob(kube, 1)
         kube.wait_for(lambda: {"Created", "AttemptCreated"} <= set(events(kube)), 5, "the first pass's events")
