@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainforge.lifecycle import Lifecycle, Phase, Reason
+from trainforge.lifecycle import AttemptView, Lifecycle, Phase, Reason
 from trainforge.spec import SpecValidationError, TrainingJobSpec, parse_job
 from trainforge.spec.contract import ANNOTATION_SPEC_HASH
 from trainforge.spec.job import MUTABLE_WHILE_RUNNING
@@ -42,9 +42,9 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def spec_to_run(obs: Observed, machine: Lifecycle) -> SpecToRun | None:
+def spec_to_run(obs: Observed, machine: Lifecycle, attempt: AttemptView) -> SpecToRun | None:
     """The spec to go on with (the accepted one plus the current mutable fields); None when the job
-    has just failed for an invalid spec."""
+    has just failed for an invalid spec (and `attempt`, if still active, is stopped)."""
     raw_spec = obs.job.get("spec") or {}
     meta = obs.job.get("metadata") or {}
     doc = {"apiVersion": obs.job.get("apiVersion"), "kind": obs.job.get("kind"),
@@ -56,7 +56,7 @@ def spec_to_run(obs: Observed, machine: Lifecycle) -> SpecToRun | None:
         problems = "; ".join(map(str, err.issues))
         base = None if _not_started(obs, machine) else _accepted_spec(obs, machine)
         if base is None:
-            machine.fail(Reason.INVALID_SPEC, problems)
+            machine.fail(Reason.INVALID_SPEC, problems, attempt)
             return None
         # Nothing of the edit applies: the job goes on with the spec it accepted.
         machine.reject_edit(Reason.INVALID_EDIT, f"the edited spec is invalid and was not applied: {problems}")

@@ -40,11 +40,11 @@ def timing(settings: OperatorSettings) -> Timing:
 
 def reconcile(obs: Observed, settings: OperatorSettings) -> Decision:
     machine = _machine(obs)
+    view = attempt_view(obs, machine.attempt)
     to_run: SpecToRun | None = None
     if not machine.phase.is_terminal:
-        to_run = spec_to_run(obs, machine)
+        to_run = spec_to_run(obs, machine, view)
     if to_run is not None:
-        view = attempt_view(obs, machine.attempt)
         if storage_for(to_run.spec, _namespace(obs), settings) is None:
             machine.fail(Reason.NO_STORAGE, "spec.checkpoint.storage: set s3://bucket/prefix (or give the operator "
                                              "a default storage) so attempts can resume from checkpoints", view)

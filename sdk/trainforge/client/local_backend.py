@@ -149,9 +149,10 @@ class LocalBackend:
         the status names but never started is started now."""
         if jobdir.deleting() or jobdir.supervisor_pid() is not None:
             return False
-        phase = jobdir.read_status().get("phase")
-        lost = "" if phase is None else (f"the local supervisor of attempt {jobdir.read_status().get('attempt')} "
-                                         f"exited without finishing it (see {jobdir.path / 'supervisor.log'})")
+        status = jobdir.read_status()
+        lost = "" if status.get("phase") is None else (
+            f"the local supervisor of attempt {status.get('attempt')} exited without finishing it "
+            f"(see {jobdir.path / 'supervisor.log'})")
         transition = run_pass(jobdir, AttemptView(AttemptState.NONE, lost))
         if transition.delete_job:
             jobdir.remove()

@@ -22,7 +22,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..spec import TrainingJob, parse_job
+from ..lifecycle import parse_status
+from ..spec import TrainingJob, TrainingJobStatus, parse_job
 from ..spec.contract import SUPERVISOR_MODULE, merge_patch, stamp, utcnow
 from ..spec.load import dump_job
 from ..spec.yamlio import loads_all
@@ -74,7 +75,8 @@ class JobDir:
         with self._lock:
             current = self.read_status()
             updated = merge_patch(current, patch(current) if callable(patch) else patch)
-            _write_atomic(self.path / "status.json", json.dumps(updated, indent=1))
+            if updated != current:  # a lifecycle pass that changes nothing (most of them) writes nothing
+                _write_atomic(self.path / "status.json", json.dumps(updated, indent=1))
             return updated
 
     def set_suspend(self, suspend: bool) -> None:
@@ -154,9 +156,7 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _status_model(doc: dict[str, Any]) -> Any:
-    from ..lifecycle import parse_status
-
+def _status_model(doc: dict[str, Any]) -> TrainingJobStatus | None:
     return parse_status(doc)[0] if doc else None
 
 

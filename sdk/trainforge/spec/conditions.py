@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from .phases import ConditionType, Phase
+from .phases import ConditionType, Phase, Reason
 from .status import Condition
 
 
 def initial(now: datetime, generation: int | None) -> list[Condition]:
     """Every condition type present from the first sight of a job, so `kubectl wait` can use them."""
-    return [_condition(t, "True" if t == ConditionType.CREATED else "False",
-                       "Created" if t == ConditionType.CREATED else "", "", now, generation) for t in ConditionType]
+    created = ConditionType.CREATED
+    return [_condition(t, "True" if t == created else "False", Reason.CREATED if t == created else "", "", now,
+                       generation) for t in ConditionType]
 
 
 def set_condition(conditions: Sequence[Condition], type_: str, status: str, reason: str, message: str,

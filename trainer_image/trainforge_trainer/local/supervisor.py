@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.checkpoints import resolve_storage
-from trainforge.lifecycle import AttemptResult, AttemptState, AttemptView, Transition
+from trainforge.lifecycle import AttemptResult, AttemptState, AttemptView
 from trainforge.local.jobstate import JobDir
 from trainforge.local.passes import LOCAL_TIMING, run_pass
 
@@ -62,7 +62,6 @@ class Supervisor:
         self.in_sweep = False
         self.stop_asked = False
         self.wake = threading.Event()
-        self.ray_started = False
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -129,7 +128,7 @@ class Supervisor:
         """Lifecycle passes while the attempt runs: Running, the deadline, a suspension's grace."""
         while not done.is_set():
             try:
-                transition = self._running_pass()
+                transition = run_pass(self.jobdir, AttemptView(AttemptState.RUNNING))
             except Exception:  # a pass must never take the attempt down; the next one retries
                 log.exception("lifecycle pass failed")
                 transition = None
@@ -138,9 +137,6 @@ class Supervisor:
             wait = LOCAL_TIMING.resync_s if transition is None or transition.requeue_after is None \
                 else min(transition.requeue_after, LOCAL_TIMING.resync_s)
             done.wait(wait)
-
-    def _running_pass(self) -> Transition:
-        return run_pass(self.jobdir, AttemptView(AttemptState.RUNNING))
 
     def request_stop(self) -> None:
         """The trainer checkpoints at the next step boundary and the attempt ends (preempted)."""
@@ -173,14 +169,12 @@ class Supervisor:
         spec = self.jobdir.read_manifest().spec
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=spec.tune is not None,
                  log_to_driver=True, configure_logging=False)
-        self.ray_started = True
 
     def _shutdown_ray(self) -> None:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-        self.ray_started = False
 
     def _release_flag(self) -> None:
         import ray
