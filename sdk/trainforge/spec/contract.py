@@ -46,10 +46,29 @@ SUPERVISOR_MODULE = "trainforge_trainer.local.supervisor"
 """The local backend's per-job process: `python -m trainforge_trainer.local.supervisor JOB_DIR`."""
 TRAINER_EXTRA_HINT = "install the trainer with `pip install 'trainforge[trainer]'` (torch and Ray)"
 
+LINEAGE_ENV = "TRAINFORGE_LINEAGE"
+"""Env var on every pod (head and workers) of an attempt: its lineage id (`lineage_id`). The preStop
+hook of a pod finds the attempt's stop flag by it."""
+STOP_ACTOR_NAMESPACE = "trainforge"
+"""Ray namespace of the attempts' named stop flags (`stop_flag_name`)."""
+
 
 def attempt_name(job_name: str, attempt: int) -> str:
     """The name of attempt N of a job: its RayJob's name on a cluster, its log's on the local backend."""
     return f"{job_name}-a{attempt}"
+
+
+def lineage_id(uid: str, attempt: int) -> str:
+    """Who may write for attempt N of one incarnation of a job: the job's uid and the attempt number.
+    A re-created job (same name, new uid) or a later attempt has another lineage, so writes of a
+    stale one are told apart and refused (status preconditions, the run's owner record)."""
+    return f"{uid or 'local'}.a{attempt}"
+
+
+def stop_flag_name(lineage: str) -> str:
+    """The named Ray actor an attempt's driver creates and its workers poll: set, they checkpoint at
+    the next step boundary and stop. Pods' preStop hooks set it on eviction."""
+    return f"trainforge-stop-{lineage}"
 
 
 class TrainerPayload(SpecModel):
@@ -64,6 +83,10 @@ class TrainerPayload(SpecModel):
     storage: str
     endpoint: str | None = None
     spec: TrainingJobSpec
+
+    @property
+    def lineage(self) -> str:
+        return lineage_id(self.uid, self.attempt)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
@@ -119,6 +142,7 @@ __all__ = [
     "LABEL_ATTEMPT",
     "LABEL_JOB",
     "LABEL_MANAGED_BY",
+    "LINEAGE_ENV",
     "LOCAL_ROOT_ENV",
     "PLURAL",
     "RAYJOBS",
@@ -128,6 +152,7 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "SPEC_ENV",
+    "STOP_ACTOR_NAMESPACE",
     "STATUS_INTERVAL_ENV",
     "SUPERVISOR_MODULE",
     "TRAINER_EXTRA_HINT",
@@ -135,8 +160,10 @@ __all__ = [
     "VERSION",
     "TrainerPayload",
     "attempt_name",
+    "lineage_id",
     "merge_patch",
     "parse_time",
     "stamp",
+    "stop_flag_name",
     "utcnow",
 ]
