@@ -13,6 +13,7 @@ from trainforge.spec.contract import (
     API_VERSION,
     LABEL_ATTEMPT,
     LABEL_JOB,
+    LABEL_JOB_UID,
     PLURAL,
     RAY_GROUP,
     RAY_VERSION,
@@ -21,11 +22,14 @@ from trainforge.spec.contract import (
     attempt_name,
 )
 
-from .observed import Observed
+from .observed import Observed, being_deleted, owner_uid
 from .reconcile import Decision
 
 log = logging.getLogger("trainforge.operator")
 USER_AGENT = f"trainforge-operator/{__version__}"
+API_TIMEOUT_S = (5.0, 20.0)
+"""(connect, read) seconds of every call: an API server that accepts and never answers fails the pass,
+which the daemon retries, instead of hanging the job's daemon for good."""
 
 
 class Kube:
@@ -40,7 +44,11 @@ class Kube:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            api_client = client.ApiClient()
+            settings = client.Configuration.get_default_copy()
+            # urllib3 retries a read that timed out 3 more times by default: a hung API server would
+            # hold each call four times API_TIMEOUT_S. The daemon retries whole passes instead.
+            settings.retries = 1
+            api_client = client.ApiClient(settings)
             # Names this client in audit logs (and lets the tests check its calls against the chart's RBAC).
             api_client.user_agent = USER_AGENT
         self.custom = client.CustomObjectsApi(api_client)
@@ -55,26 +63,22 @@ class Kube:
         # between the two reads is missed and the preemption is counted as a failure.
         selector = f"{LABEL_JOB}={name}"
         rayjobs = self.custom.list_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS,
-                                                           label_selector=selector).get("items") or []
-        pods: list[dict[str, Any]] = []
-        if rayjobs:
-            items = self.core.list_namespaced_pod(namespace, label_selector=selector).items
-            pods = [self.core.api_client.sanitize_for_serialization(p) for p in items]
+                                                           label_selector=selector,
+                                                           _request_timeout=API_TIMEOUT_S).get("items") or []
+        # Pods even without RayJobs: a deleted attempt's pods may linger (a partitioned node).
+        items = self.core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=API_TIMEOUT_S).items
+        pods = [self.core.api_client.sanitize_for_serialization(p) for p in items]
         job = self._get(API_GROUP, VERSION, namespace, PLURAL, name)
         if job is None:
             return None
-        attempt = ((job.get("status") or {}).get("attempt")) or 0
-        current = attempt_name(name, attempt) if attempt else None
-        rayjob = next((r for r in rayjobs if r["metadata"]["name"] == current), None)
-        earlier = sorted((r for r in rayjobs if 0 < _attempt_of(r) < attempt), key=_attempt_of)
-        pods = [p for p in pods if _labels(p).get(LABEL_ATTEMPT) == str(attempt)] if rayjob is not None else []
-        return Observed(job, rayjob, datetime.now(timezone.utc), pods, earlier)
+        return split_observed(job, rayjobs, pods, datetime.now(timezone.utc))
 
     def _get(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+            return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name,
+                                                            _request_timeout=API_TIMEOUT_S)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -101,10 +105,11 @@ class Kube:
             self._delete(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, rayjob)
         if decision.create is not None:
             try:
-                self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, decision.create)
+                self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, decision.create,
+                                                            _request_timeout=API_TIMEOUT_S)
             except ApiException as exc:
                 if exc.status == 409:
-                    pass  # already created by an earlier pass: attempts have fixed names
+                    pass  # created by an earlier pass, or not ours: the next pass tells (observed.blockers)
                 elif exc.status == 404:
                     return "the ray.io/v1 RayJob API is not installed on this cluster: install KubeRay first"
                 elif exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
@@ -117,7 +122,7 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name,
-                                                          {"status": dict(status)})
+                                                          {"status": dict(status)}, _request_timeout=API_TIMEOUT_S)
 
     def post_event(self, job: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         from kubernetes import client
@@ -131,7 +136,7 @@ class Kube:
             type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now, count=1,
             source=client.V1EventSource(component="trainforge-operator"), reporting_component="trainforge-operator")
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)
+            self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=API_TIMEOUT_S)
         except Exception as exc:  # an event is informational: never let it stop a reconcile
             log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
 
@@ -140,10 +145,32 @@ class Kube:
 
         try:
             self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name,
-                                                        propagation_policy="Background")
+                                                        propagation_policy="Background",
+                                                        _request_timeout=API_TIMEOUT_S)
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+
+def split_observed(job: dict[str, Any], rayjobs: list[dict[str, Any]], pods: list[dict[str, Any]],
+                   now: datetime) -> Observed:
+    """Sort what carries the job's label into this incarnation's current attempt, its earlier
+    attempts, and what is not to be adopted (another incarnation's RayJobs, those being deleted)."""
+    uid = (job.get("metadata") or {}).get("uid", "")
+    attempt = ((job.get("status") or {}).get("attempt")) or 0
+    current = attempt_name(job["metadata"]["name"], attempt) if attempt else None
+    ours = [r for r in rayjobs if owner_uid(r) == uid and not being_deleted(r)]
+    foreign = [r for r in rayjobs if r not in ours]
+    rayjob = next((r for r in ours if r["metadata"]["name"] == current), None)
+    earlier = sorted((r for r in ours if 0 < _attempt_of(r) < attempt), key=_attempt_of)
+
+    def is_current(pod: Mapping[str, Any]) -> bool:
+        labels = _labels(pod)
+        return labels.get(LABEL_ATTEMPT) == str(attempt) and labels.get(LABEL_JOB_UID, uid) == uid
+
+    mine = [p for p in pods if is_current(p)] if rayjob is not None else []
+    others = [p for p in pods if not any(p is m for m in mine)]
+    return Observed(job, rayjob, now, mine, earlier, others, foreign)
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:

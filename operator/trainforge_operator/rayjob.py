@@ -18,7 +18,9 @@ from trainforge.spec.contract import (
     ANNOTATION_SPEC_HASH,
     LABEL_ATTEMPT,
     LABEL_JOB,
+    LABEL_JOB_UID,
     LABEL_MANAGED_BY,
+    LINEAGE_ENV,
     RAY_API_VERSION,
     SPEC_ENV,
     TRAINER_MODULE,
@@ -33,6 +35,7 @@ WORKER_GROUP, HEAD_CONTAINER, WORKER_CONTAINER = "workers", "ray-head", "ray-wor
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
+PRESTOP_MODULE = "trainforge_trainer.prestop"
 
 Manifest = dict[str, Any]
 
@@ -84,15 +87,17 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
     own RayJob is missing reads that spec back from an earlier attempt carrying the same hash."""
     meta = body["metadata"]
     name = attempt_name(meta["name"], attempt)
-    labels = attempt_labels(meta["name"], attempt)
+    labels = attempt_labels(meta["name"], attempt, meta.get("uid", ""))
     payload = job_payload(body, spec, settings, attempt)
     storage_env = storage_env_vars(spec, payload.endpoint)
     user_env = [k8s_env_var(var) for var in spec.env]
     # Deleting a running RayJob (the suspend grace is over) makes KubeRay stop its Ray job: SIGTERM,
     # then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S, 3 s by default, too short to save a checkpoint.
-    # The pod's grace is the time the operator allows for that; a user's own value still wins.
-    stop_env = [{"name": STOP_WAIT_ENV, "value": str(settings.termination_grace_s)}]
-    head_env = merge_env(storage_env, stop_env, user_env,
+    # The pod's grace is the time allowed for that; a user's own value still wins.
+    stop_env = [{"name": STOP_WAIT_ENV, "value": str(grace_seconds(spec, settings))}]
+    # Every pod's preStop hook finds the attempt's stop flag by its lineage.
+    lineage_env = [{"name": LINEAGE_ENV, "value": payload.lineage}]
+    head_env = merge_env(storage_env, stop_env, user_env, lineage_env,
                          [{"name": SPEC_ENV, "value": payload.to_json()}])
     rayjob_spec: Manifest = {
         "entrypoint": ENTRYPOINT,
@@ -107,7 +112,8 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
         "rayClusterSpec": {
             "rayVersion": settings.ray_version,
             "headGroupSpec": head_group(spec, settings, labels, head_env),
-            "workerGroupSpecs": [worker_group(spec, settings, labels, merge_env(storage_env, stop_env, user_env))],
+            "workerGroupSpecs": [worker_group(spec, settings, labels, merge_env(storage_env, stop_env, user_env,
+                                                                                   lineage_env))],
         },
     }
     if spec.active_deadline_seconds is not None:
@@ -129,8 +135,11 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
     }
 
 
-def attempt_labels(job_name: str, attempt: int) -> dict[str, str]:
-    return {LABEL_JOB: job_name, LABEL_ATTEMPT: str(attempt), LABEL_MANAGED_BY: "trainforge"}
+def attempt_labels(job_name: str, attempt: int, uid: str = "") -> dict[str, str]:
+    labels = {LABEL_JOB: job_name, LABEL_ATTEMPT: str(attempt), LABEL_MANAGED_BY: "trainforge"}
+    if uid:
+        labels[LABEL_JOB_UID] = uid
+    return labels
 
 
 def owner_reference(body: Mapping[str, Any]) -> Manifest:
@@ -175,7 +184,20 @@ def ray_container(name: str, spec: TrainingJobSpec, settings: OperatorSettings, 
                   resources: Mapping[str, int | str]) -> Manifest:
     # requests == limits: GPUs demand it, and a training step's speed should not depend on the neighbours.
     return {"name": name, "image": spec.image or settings.trainer_image, "env": env,
-            "resources": {"requests": dict(resources), "limits": dict(resources)}}
+            "resources": {"requests": dict(resources), "limits": dict(resources)},
+            "lifecycle": {"preStop": {"exec": {"command": prestop_command(grace_seconds(spec, settings))}}}}
+
+
+def grace_seconds(spec: TrainingJobSpec, settings: OperatorSettings) -> int:
+    """The pods' terminationGracePeriodSeconds: the spec's, else the operator's."""
+    return spec.termination_grace_period_seconds or settings.termination_grace_s
+
+
+def prestop_command(grace_s: int) -> list[str]:
+    """An evicted pod's hook: it asks the attempt's trainer to checkpoint and stop, and holds the
+    pod's SIGTERM (which nothing forwards to the trainer: PID 1 is `ray start`) until the trainer
+    is done or the grace is nearly over. It always exits 0: a failing hook must not block the kill."""
+    return ["python", "-m", PRESTOP_MODULE, "--grace-seconds", str(grace_s)]
 
 
 def pod_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapping[str, str],
@@ -183,7 +205,7 @@ def pod_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapp
     pod: Manifest = {
         "containers": [container],
         # Time for the trainer to save and upload an emergency checkpoint when a pod is evicted.
-        "terminationGracePeriodSeconds": settings.termination_grace_s,
+        "terminationGracePeriodSeconds": grace_seconds(spec, settings),
     }
     if volumes:
         pod["volumes"] = volumes

@@ -14,7 +14,7 @@ from trainforge.lifecycle import Event, Lifecycle, Reason, Timing, Transition, p
 from trainforge.spec.contract import attempt_name
 
 from .edits import SpecToRun, spec_to_run
-from .observed import Observed, attempt_view
+from .observed import Observed, attempt_view, blockers, orphans
 from .rayjob import build_rayjob, storage_for
 from .settings import OperatorSettings
 
@@ -35,12 +35,12 @@ class Decision:
 
 
 def timing(settings: OperatorSettings) -> Timing:
-    return Timing(settings.suspend_grace_s, settings.head_lost_grace_s, settings.resync_s)
+    return Timing(settings.suspend_grace_s, settings.head_lost_grace_s, settings.resync_s, settings.fence_wait_s)
 
 
 def reconcile(obs: Observed, settings: OperatorSettings) -> Decision:
     machine = _machine(obs)
-    view = attempt_view(obs, machine.attempt)
+    view = attempt_view(obs, machine.attempt, _said_goodbye(machine))
     to_run: SpecToRun | None = None
     if not machine.phase.is_terminal:
         to_run = spec_to_run(obs, machine, view)
@@ -80,13 +80,34 @@ def _decision(obs: Observed, transition: Transition, to_run: SpecToRun | None,
                         delete=[attempt_name(name, n) for n in transition.stops],
                         delete_job=transition.delete_job, events=list(transition.events),
                         requeue_after=transition.requeue_after)
+    decision.delete += [n for n in orphans(obs) if n not in decision.delete]
     start = transition.start
     if start is not None and to_run is not None:
-        if to_run.hold:
+        if start.number != machine_attempt(obs) and blockers(obs, start.number, _goodbye_of(transition)):
+            # Decided in this pass: the ending attempt's pods are still there. The next pass sees the
+            # new attempt missing and waits for them, boundedly, through the lifecycle.
+            decision.requeue_after = min(decision.requeue_after or 1.0, 1.0)
+        elif to_run.hold:
             decision.requeue_after = min(decision.requeue_after or settings.resync_s, settings.resync_s)
         else:
             decision.create = build_rayjob(obs.job, to_run.spec, start.number, settings, transition.status.spec_hash)
     return decision
+
+
+def _said_goodbye(machine: Lifecycle) -> int | None:
+    outcome = machine.status.outcome
+    return outcome.attempt if outcome is not None else None
+
+
+def _goodbye_of(transition: Transition) -> int | None:
+    outcome = transition.status.outcome
+    return outcome.attempt if outcome is not None else None
+
+
+def machine_attempt(obs: Observed) -> int:
+    """The attempt number the status named when observed."""
+    raw = (obs.job.get("status") or {}).get("attempt")
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
 
 
 def _namespace(obs: Observed) -> str:

@@ -33,6 +33,9 @@ class OperatorSettings:
     suspend_grace_s: float = 120.0
     """How long a suspending job's trainer gets to checkpoint and exit before its RayJob is deleted."""
     resync_s: float = 10.0
+    fence_wait_s: float = 120.0
+    """How long a new attempt waits for the pods of an earlier attempt (or of a deleted incarnation
+    of the job) to go before it starts anyway; storage fencing then stops the old writer."""
     """How often a job is looked at when nothing happens (head loss, deadlines, TTL)."""
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     """Namespaces watched; empty means all."""
@@ -56,6 +59,7 @@ class OperatorSettings:
             cluster_ttl_s=int(env.get("TRAINFORGE_CLUSTER_TTL_S", "60")),
             suspend_grace_s=float(env.get("TRAINFORGE_SUSPEND_GRACE_S", "120")),
             resync_s=float(env.get("TRAINFORGE_RESYNC_S", "10")),
+            fence_wait_s=float(env.get("TRAINFORGE_FENCE_WAIT_S", "120")),
             namespaces=tuple(n.strip() for n in namespaces),
             trainer_service_account=env.get("TRAINFORGE_TRAINER_SERVICE_ACCOUNT") or None,
         )

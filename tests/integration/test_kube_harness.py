@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.request
@@ -70,7 +71,7 @@ def test_operator_handles_each_change_once_and_survives_a_restart(kube: Kube) ->
         kube.wait_for(lambda: _handled(kube, "second", 1), message="the second job's create handler")
         assert [c for c in calls if c[0] == "create"] == [("create", "second")]  # digits is not re-created
 
-        patched = kube.patch(TJ, "trainingjobs", None, "digits", {"spec": {"workers": 4}})
+        patched = kube.patch(TJ, "trainingjobs", None, "digits", {"spec": {"activeDeadlineSeconds": 600}})
         assert patched["metadata"]["generation"] == 2
         kube.wait_for(lambda: _handled(kube, "digits", 2), message="the update handler")
         time.sleep(0.3)
@@ -177,7 +178,8 @@ def test_watch_resumes_after_a_resource_version(kube: Kube) -> None:
 
 
 def test_status_subresource_generation_and_replace(kube: Kube) -> None:
-    job = kube.create(_job("iso") | {"status": {"phase": "Running"}})
+    # suspended: the CRD's transition rules let a suspended job's spec change (see test_crd_cel_rules_*)
+    job = kube.create(_job("iso", suspend=True) | {"status": {"phase": "Running"}})
     assert "status" not in job  # create ignores .status when the CRD has a status subresource
     meta = job["metadata"]
     assert (meta["generation"], meta["namespace"]) == (1, "default") and meta["uid"] and meta["creationTimestamp"]
@@ -332,3 +334,23 @@ def test_kuberay_crds_come_from_the_folder_when_given(kube: Kube, tmp_path: Path
     with pytest.raises(KubeApiError) as invalid:
         kube.create({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "r"}, "spec": {"entrypoint": 1}})
     assert invalid.value.status == 422
+
+
+def test_create_answers_201_and_generate_name_picks_a_free_name(kube: Kube) -> None:
+    with kube.api_client() as api:
+        core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
+        _, status, _ = core.create_namespaced_config_map_with_http_info("default", _config_map("plain"))
+        assert status == 201  # with 200 the client's typed create would not deserialize the answer
+        _, status, _ = custom.create_namespaced_custom_object_with_http_info(
+            "trainforge.dev", "v1alpha1", "default", "trainingjobs", _job("created"))
+        assert status == 201
+    names = {kube.create(_config_map("") | {"metadata": {"generateName": "cm-"}})["metadata"]["name"]
+             for _ in range(40)}
+    assert len(names) == 40 and all(re.fullmatch(r"cm-[bcdfghjklmnpqrstvwxz2456789]{5}", n) for n in names)
+    long = kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "x" * 70}})
+    assert len(long["metadata"]["name"]) == 63  # the prefix is cut so that the name stays valid
+    with pytest.raises(KubeApiError) as nameless:
+        kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}})
+    assert nameless.value.status == 422 and nameless.value.body["reason"] == "Invalid"
+    assert nameless.value.body["details"]["causes"] == [{"reason": "FieldValueRequired", "field": "metadata.name",
+                                                         "message": "Required value: name or generateName is required"}]

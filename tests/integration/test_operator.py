@@ -58,8 +58,12 @@ def set_rayjob(kube: Kube, attempt: int, job_status: str, deployment: str, **ext
 
 
 def head_pod(kube: Kube, attempt: int) -> None:
+    """KubeRay's head pod of the attempt, owned by its RayJob (through the RayCluster in KubeRay): the
+    garbage collector removes it with the RayJob, which the next attempt waits for."""
+    rj = kube.get(RAY, "rayjobs", "default", f"digits-a{attempt}")["metadata"]
+    owner = {"apiVersion": RAY, "kind": "RayJob", "name": rj["name"], "uid": rj["uid"], "controller": True}
     kube.create({"apiVersion": "v1", "kind": "Pod",
-                 "metadata": {"name": f"digits-a{attempt}-head", "namespace": "default",
+                 "metadata": {"name": f"digits-a{attempt}-head", "namespace": "default", "ownerReferences": [owner],
                               "labels": {"trainforge.dev/job": "digits", "trainforge.dev/attempt": str(attempt),
                                          "ray.io/node-type": "head"}},
                  "spec": {"containers": [{"name": "ray-head", "image": "x"}]}, "status": {"phase": "Running"}})

@@ -8,10 +8,12 @@ and resourceVersion conflicts, merge / JSON / strategic(-as-merge) PATCH and PUT
 after a resourceVersion, label and field selectors on list and watch, status subresource isolation,
 finalizers and deletionTimestamp, owner-reference garbage collection (synchronous, background-style,
 Orphan honoured), CRDs (registered in code or by POSTing one), CRD schema pruning and validation
-(422 Status naming the field), and pod logs (``follow=true`` streams). DELETE answers the object.
+(422 Status naming the field), the CRDs' CEL rules (``x-kubernetes-validations``, evaluated with
+cel-python on create, update and status update; see kube_cel.py), ``generateName`` (retried when the
+name is taken), and pod logs (``follow=true`` streams). DELETE answers the object.
 
 It does NOT do: authentication or RBAC (every call is allowed; ``api_calls`` records them for a
-ClusterRole check), admission webhooks, defaulting, CEL rules, server-side apply (415), strategic
+ClusterRole check), admission webhooks, defaulting, server-side apply (415), strategic
 merge of lists (lists are replaced), deletecollection, pagination, conversion between CRD versions
 (each version is stored apart), namespace existence or namespace cascade, watch history expiry (it
 never answers 410), any controller (no pod is scheduled or run, no Job runs, no RayJob status moves).
@@ -23,6 +25,7 @@ import asyncio
 import bisect
 import copy
 import json
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -35,6 +38,7 @@ import kmock
 from kmock._internal import apps, parsing, rendering  # no public API to build a request ourselves
 from trainforge.spec.contract import merge_patch  # RFC 7386, as the API server applies it
 
+from tests.support import kube_cel
 from tests.support import kube_rules as rules
 from tests.support.kube_gc import OwnerGarbageCollection
 from tests.support.kube_logs import PodLogs
@@ -44,6 +48,8 @@ Key = tuple[kmock.resource, "str | None", str]
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 _SYSTEM_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "namespace", "name")
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's (no vowels: no words in generated names)
+_GENERATE_TRIES = 8  # the API server retries a generated name that is taken (RetryGenerateName)
 
 
 @attrs.define(kw_only=True)
@@ -176,13 +182,16 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
         self._wake()
         return obj
 
-    def _check_schema(self, res: kmock.resource, obj: Obj) -> None:
+    def _check_schema(self, res: kmock.resource, obj: Obj, old: Obj | None = None) -> None:
+        """Prune, validate by the schema, then (schema-valid only) run the CEL rules; ``old`` on update."""
         crd = self._crds.get(res)
         if crd is None or crd.schema is None:
             return
         if crd.prune:
             rules.prune(obj, crd.schema, root=True)
         causes = rules.schema_causes(crd.validator, obj) if crd.validator is not None else []
+        if not causes and crd.validator is not None:
+            causes = kube_cel.validate(crd.cel, obj, old)
         if causes:
             name = obj.get("metadata", {}).get("name")
             texts = [f"{c['field']}: {c['message']}" for c in causes]
@@ -193,8 +202,13 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
     # --- CRDs --------------------------------------------------------------------------------
 
     def register_crd(self, crd: Obj, *, validate: bool = True, prune: bool = True, store: bool = True) -> None:
-        """Serve the CRD's resource for discovery and storage; prune and validate by its schema if any."""
+        """Serve the CRD's resource for discovery and storage; prune and validate by its schema if any.
+
+        Its CEL rules are compiled first: a rule that a real API server would refuse raises
+        ``kube_cel.CelCompileError`` and registers nothing (with ``validate``; without it no rule runs).
+        """
         spec, names = crd["spec"], crd["spec"]["names"]
+        compiled = kube_cel.compile_crd(crd) if validate else {}
         for version in spec["versions"]:
             if not version.get("served", True):
                 continue
@@ -206,7 +220,8 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
                 subresources=set(version.get("subresources") or {}))
             schema = (version.get("schema") or {}).get("openAPIV3Schema")
             validator = jsonschema.Draft4Validator(rules.draft4(schema)) if schema and validate else None
-            self._crds[res] = rules.Crd(names["kind"], schema, validator, prune and bool(schema))
+            self._crds[res] = rules.Crd(names["kind"], schema, validator, prune and bool(schema),
+                                        compiled.get(version["name"]))
         key: Key = (CRDS, None, crd["metadata"]["name"])
         if store and CRDS in self.resources and self.get_object(key) is None:
             self._commit(key, self._new_object(CRDS, self.resources[CRDS], None, copy.deepcopy(crd)), "ADDED", None)
@@ -280,10 +295,11 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
         if namespace is not None and meta.get("namespace") not in (None, namespace):
             fail(400, "BadRequest", "the namespace of the provided object does not match the namespace sent "
                                     "on the request")
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-        if not meta.get("name"):
-            fail(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+        if not meta.get("name") and not meta.get("generateName"):
+            fail(422, "Invalid", f'{info.kind} "" is invalid: metadata.name: Required value: name or generateName '
+                                 "is required", {"kind": res.plural, "group": res.group, "causes": [
+                                     {"reason": "FieldValueRequired", "field": "metadata.name",
+                                      "message": "Required value: name or generateName is required"}]})
         for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"):
             meta.pop(field, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=rules.now(), generation=1)
@@ -302,15 +318,31 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
         if info.namespaced and namespace is None:
             fail(404, "NotFound", f"{res.plural} is namespaced: POST to /namespaces/NAMESPACE/{res.plural}")
         obj = self._new_object(res, info, namespace, copy.deepcopy(request.data))
+        self._generate_name(res, namespace, obj["metadata"])
         key: Key = (res, namespace, obj["metadata"]["name"])
         if self.get_object(key) is not None:
             fail(409, "AlreadyExists", f'{res.plural}.{res.group} "{key[2]}" already exists',
                  {"name": key[2], "group": res.group, "kind": res.plural})
+        if res == CRDS:
+            try:  # as the API server does: a CRD with a rule that does not compile is not stored
+                kube_cel.compile_crd(obj)
+            except kube_cel.CelCompileError as e:
+                fail(422, "Invalid", str(e), {"name": key[2], "group": res.group, "kind": info.kind})
         self._check_schema(res, obj)
         created = self._commit(key, obj, "ADDED", None)
         if res == CRDS:
             self.register_crd(created, store=False)
         return created
+
+    def _generate_name(self, res: kmock.resource, namespace: str | None, meta: Obj) -> None:
+        """``generateName`` + 5 random characters of the server's alphabet, another draw if it is taken."""
+        if meta.get("name"):
+            return
+        base = str(meta["generateName"])[:58]  # 63 - 5: the generated name must still be a valid name
+        for _ in range(_GENERATE_TRIES):
+            meta["name"] = base + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
+            if self.get_object((res, namespace, meta["name"])) is None:
+                return
 
     async def _serve_patch(self, request: rendering.Request) -> Obj:
         key, current, info = self._require(request)
@@ -368,7 +400,7 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
         if old_meta.get("deletionTimestamp") and added:
             fail(422, "Forbidden", "metadata.finalizers: Forbidden: no new finalizers can be added if the object "
                                    "is being deleted")
-        self._check_schema(key[0], new)  # first: pruned fields must not count as a spec change
+        self._check_schema(key[0], new, current)  # first: pruned fields must not count as a spec change
         ignored = ("metadata", "status") if isolated else ("metadata",)
         if {k: v for k, v in new.items() if k not in ignored} != {k: v for k, v in current.items() if k not in ignored}:
             meta["generation"] = int(old_meta.get("generation") or 0) + 1

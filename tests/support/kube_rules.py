@@ -1,5 +1,6 @@
 """The stateless parts of the test-only Kubernetes API emulator (kube_emulator.py): URL parsing, label
-and field selectors, merge patches, CRD schemas (pruning, Draft 4 validation, Status causes), records."""
+and field selectors, merge patches, CRD schemas (pruning, Draft 4 validation, Status causes), records.
+The CRDs' CEL rules are in kube_cel.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any, NoReturn
 import jsonschema
 import kmock
 from kmock._internal import parsing, rendering  # kmock's ParsedPath, so that its action guessing reads ours
+
+from tests.support import kube_cel
 
 Obj = dict[str, Any]
 
@@ -170,6 +173,7 @@ class Crd:
     schema: Obj | None
     validator: jsonschema.Draft4Validator | None
     prune: bool
+    cel: kube_cel.Node | None = None  # the compiled x-kubernetes-validations rules, None if it has none
 
 
 def now() -> str:

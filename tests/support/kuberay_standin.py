@@ -8,6 +8,13 @@ fields trainforge reads (`jobStatus`, `jobDeploymentStatus`, `rayClusterName`, `
 `startTime`, `endTime`) the way KubeRay 1.x does; deleting a RayJob stops its process (SIGTERM,
 then SIGKILL after the pod's grace period) and deletes its pods.
 
+`evict_pod` is the kubelet evicting one pod (spot reclaim, drain, preemption): the pod is marked
+`DisruptionTarget`, its container's preStop exec hook runs for real as a local process (the
+container's env plus RAY_ADDRESS of the session) bounded by the pod's grace, and the pod goes. For
+the head pod, `ray start` (PID 1) dies with it and takes the head's Ray, and the driver, along:
+the driver is SIGKILLed, since nothing forwards the pod's SIGTERM to it. A worker pod's Ray node is
+not emulated (every attempt shares the session's Ray), so its loss does not kill Ray Train workers.
+
 K8sJobMode's submitter is stood in for by its pod alone (`<rayjob>-<5 chars>`, labelled
 `batch.kubernetes.io/job-name` / `job-name` as the Job controller labels it, owned by the RayJob):
 its log is the driver's output, appended as the process writes it, and it stays after the cluster
@@ -58,6 +65,17 @@ class Attempt:
     log_closed: bool = False
 
 
+@dataclass
+class Eviction:
+    """What evicting one pod did: its preStop hook's exit status and output, and how long it took."""
+
+    pod: str
+    hook_exit: int | None
+    hook_output: str
+    hook_s: float
+    total_s: float
+
+
 class KubeRayStandIn:
     def __init__(self, api_client: Any, log_dir: Path, ray_address: str | None,
                  extra_env: dict[str, str] | None = None, poll_s: float = 0.3,
@@ -73,6 +91,7 @@ class KubeRayStandIn:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kuberay-standin", daemon=True)
         self.errors: list[str] = []
+        self._pods_lock = threading.Lock()
 
     def __enter__(self) -> KubeRayStandIn:
         self._thread.start()
@@ -182,6 +201,50 @@ class KubeRayStandIn:
         _terminate(attempt.process, 0)
         self._delete_pods(attempt, heads_only=True)
 
+    def evict_pod(self, attempt: Attempt, pod_name: str, reason: str = "EvictionByEvictionAPI") -> Eviction:
+        """The kubelet evicting one pod: DisruptionTarget, the preStop hook (bounded by the pod's
+        grace), then the pod's processes die and the object goes. Blocks until done."""
+        started = time.monotonic()
+        read = self.core.read_namespaced_pod(pod_name, attempt.namespace)
+        pod = self.core.api_client.sanitize_for_serialization(read)
+        self.core.patch_namespaced_pod_status(pod_name, attempt.namespace, {"status": {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": reason, "lastTransitionTime": _now(),
+             "message": "the stand-in kubelet evicts this pod"}]}})
+        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        hook_exit, output = self._run_prestop(attempt.namespace, pod, grace)
+        hook_s = time.monotonic() - started
+        if pod["metadata"]["labels"].get("ray.io/node-type") == "head":
+            _terminate(attempt.process, 0)  # ray start and the head's Ray die: the driver with them
+        from kubernetes.client.exceptions import ApiException
+
+        with self._pods_lock:
+            try:
+                self.core.delete_namespaced_pod(pod_name, attempt.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            if pod_name in attempt.pods:
+                attempt.pods.remove(pod_name)
+        return Eviction(pod_name, hook_exit, output, hook_s, time.monotonic() - started)
+
+    def _run_prestop(self, namespace: str, pod: dict[str, Any], grace: float) -> tuple[int | None, str]:
+        """The container's preStop exec command as a process; killed when the grace is over, as
+        the kubelet does. (None, "") when the pod has no such hook."""
+        container = pod["spec"]["containers"][0]
+        command = (((container.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command")
+        if not command:
+            return None, ""
+        if command[0] == "python":
+            command = [sys.executable, *command[1:]]
+        env = {**os.environ, **self.extra_env, **self._container_env(namespace, pod)}
+        if self.ray_address:
+            env["RAY_ADDRESS"] = self.ray_address
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, timeout=grace, check=False)
+        except subprocess.TimeoutExpired as exc:
+            return None, (exc.stderr or b"").decode(errors="replace")
+        return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
+
     # ---- Kubernetes objects --------------------------------------------------------------------
 
     def _patch(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
@@ -244,15 +307,16 @@ class KubeRayStandIn:
     def _delete_pods(self, attempt: Attempt, heads_only: bool = False) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        for name in list(attempt.pods):
-            if heads_only and not name.endswith("-head"):
-                continue
-            try:
-                self.core.delete_namespaced_pod(name, attempt.namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-            attempt.pods.remove(name)
+        with self._pods_lock:
+            for name in list(attempt.pods):
+                if heads_only and not name.endswith("-head"):
+                    continue
+                try:
+                    self.core.delete_namespaced_pod(name, attempt.namespace)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                attempt.pods.remove(name)
 
 
 def _terminate(process: subprocess.Popen[bytes], grace_s: float) -> None:

@@ -1,5 +1,6 @@
-"""A TCP forwarder on loopback that can refuse connections for a while: an S3 endpoint outage
-(a restarting MinIO, a network blip) in front of a real moto server."""
+"""A TCP forwarder on loopback that can refuse connections for a while (an S3 endpoint outage: a
+restarting MinIO, a network blip, in front of a real moto server), or accept them and answer nothing
+for a while (an API server that hangs: overloaded etcd, a stuck webhook)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class FlakyProxy:
@@ -15,6 +16,7 @@ class FlakyProxy:
         self.target_port = target_port
         self.port = _free_port()
         self._down_until = 0.0
+        self._hung_until = 0.0
         self._stop = threading.Event()
         self._server: socket.socket | None = None
         self._lock = threading.Lock()
@@ -49,6 +51,15 @@ class FlakyProxy:
                     conn.close()
             self._live.clear()
 
+    def hang_for(self, seconds: float) -> None:
+        """Answer nothing for `seconds`: a connection that carries a byte in that time (or is opened
+        in it) is never answered, and stays open, as with a server that accepted and hung. Only
+        connections made after the hang get through, so a client without timeouts waits for good."""
+        self._hung_until = time.monotonic() + seconds
+
+    def _hung(self) -> bool:
+        return time.monotonic() < self._hung_until
+
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
             if self._server is None:
@@ -71,8 +82,17 @@ class FlakyProxy:
             return
         with self._lock:
             self._live.update((client, upstream))
+        dead = threading.Event()
+        if self._hung():
+            dead.set()
+
+        def hold() -> bool:
+            if self._hung():
+                dead.set()
+            return not dead.is_set()
+
         for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=_pipe, args=(a, b, hold), daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -81,10 +101,11 @@ class FlakyProxy:
                 self._server.close()
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, passes: Callable[[], bool] = lambda: True) -> None:
     with contextlib.suppress(OSError):
         while data := src.recv(1 << 16):
-            dst.sendall(data)
+            if passes():  # a hung connection swallows what it reads
+                dst.sendall(data)
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
 

@@ -2,7 +2,8 @@
 
 `paced_digits` is the built-in digits task with two test hooks: a pause per training micro-batch
 (so a test can interrupt a run between checkpoints) and, once per run, the death of a worker
-process at a given micro-batch (SIGKILL to itself: what an OOM kill or a lost node looks like)."""
+process at a given micro-batch (SIGKILL to itself: what an OOM kill or a lost node looks like) or a
+hang of one rank at a given micro-batch (it sleeps for good: a deadlock, a read that never returns)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from trainforge_trainer.task import Task, default_forward
 from trainforge_trainer.tasks import digits
 
 
-def paced_digits(pause_s: float = 0.0, die_at_micro: int = 0, die_marker: str = "", **digits_args: Any) -> Task:
+def paced_digits(pause_s: float = 0.0, die_at_micro: int = 0, die_marker: str = "", hang_at_micro: int = 0,
+                 hang_rank: int = 0, hang_marker: str = "", **digits_args: Any) -> Task:
     task = digits.build(**digits_args)
     calls = {"train": 0}
 
@@ -29,7 +31,18 @@ def paced_digits(pause_s: float = 0.0, die_at_micro: int = 0, die_marker: str = 
             if die_at_micro and calls["train"] == die_at_micro and not Path(die_marker).exists():
                 Path(die_marker).write_text(str(os.getpid()))  # once: the restarted workers live
                 os.kill(os.getpid(), signal.SIGKILL)
+            if hang_at_micro and calls["train"] == hang_at_micro and _rank() == hang_rank \
+                    and not Path(hang_marker).exists():
+                Path(hang_marker).write_text(str(os.getpid()))  # once: the restarted attempt trains on
+                while True:
+                    time.sleep(3600)
         return default_forward(model, batch)
 
     task.forward = forward
     return task
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0

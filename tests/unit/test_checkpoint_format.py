@@ -96,3 +96,90 @@ def test_retention_never_touches_protected_or_incomplete_checkpoints(tmp_path: P
     entries = list_checkpoints(LOCAL, str(tmp_path), check=False)
     pruned = plan_retention(entries, keep=1, protect=[str(tmp_path / "checkpoint_1")])
     assert [e.step for e in pruned] == [2]
+
+
+def _manifest_json(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"step": "12"}, "field step"),
+    ({"epoch": 1.5}, "field epoch"),
+    ({"files": []}, "field files"),
+    ({"files": {"model.pt": {"size": "1000", "sha256": "ab"}}}, "field files.model.pt.size"),
+    ({"status": "fine"}, "field status"),
+    ({"ranks": [["model.pt"], 3]}, "field ranks.1"),
+    ({"files": {"../escape": {"size": 1, "sha256": "0" * 64}}}, "not a relative path"),
+    ({"format": "trainforge.checkpoint/v9"}, "unknown checkpoint format"),
+])
+def test_a_malformed_manifest_is_one_invalid_entry_naming_the_field(tmp_path: Path, change: dict, field: str) -> None:
+    make_checkpoint(tmp_path, "checkpoint_1", 1)
+    bad = make_checkpoint(tmp_path, "checkpoint_2", 2)
+    (bad / "manifest.json").write_text(json.dumps(_manifest_json(bad) | change))
+    entries = list_checkpoints(LOCAL, str(tmp_path))  # never raises for one bad manifest
+    assert [(e.name, e.verdict.valid) for e in entries] == [("checkpoint_2", False), ("checkpoint_1", True)]
+    assert entries[0].malformed and field in entries[0].verdict.reason
+
+
+def test_a_manifest_without_files_or_without_a_ranks_part_does_not_verify(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, "checkpoint_1", 1)
+    raw = _manifest_json(path)
+    cases = {"lists no files": raw | {"files": {}},
+             "records 1 ranks' files for world size 2": raw | {"world_size": 2, "ranks": [sorted(raw["files"])]},
+             "rank 1 wrote no files": raw | {"world_size": 2, "strategy": "fsdp", "ranks": [sorted(raw["files"]), []]},
+             "differ": raw | {"ranks": [["model.pt"]]}}
+    for reason, manifest in cases.items():
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        verdict = verify(LOCAL, str(path))
+        assert not verdict.valid and reason in verdict.reason
+    (path / "manifest.json").write_text(json.dumps(raw | {"ranks": [sorted(raw["files"])]}))
+    assert verify(LOCAL, str(path)).valid
+
+
+def test_a_v1_manifest_still_reads_and_verifies(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, "checkpoint_1", 1)
+    raw = _manifest_json(path)
+    for key in ("ranks", "corrupt_reason", "owner"):
+        raw.pop(key, None)
+    (path / "manifest.json").write_text(json.dumps(raw | {"format": "trainforge.checkpoint/v1"}))
+    assert verify(LOCAL, str(path)).valid
+
+
+def test_corrupt_keeps_files_and_retention_removes_it_only_behind_a_newer_complete_one(tmp_path: Path) -> None:
+    from trainforge.checkpoints.retention import mark_corrupt
+
+    for step in (1, 2, 3, 4):
+        make_checkpoint(tmp_path, f"checkpoint_{step}", step)
+    entries = list_checkpoints(LOCAL, str(tmp_path), check=False)
+    mark_corrupt(LOCAL, entries[1], "late shard")
+    mark_corrupt(LOCAL, entries[3], "late shard")
+    kept = _manifest_json(tmp_path / "checkpoint_4")
+    assert kept["status"] == "corrupt" and kept["files"] and (tmp_path / "checkpoint_4" / "model.pt").exists()
+    assert verify(LOCAL, str(tmp_path / "checkpoint_4")).valid  # its files are all there: usable again
+    plan = plan_retention(list_checkpoints(LOCAL, str(tmp_path), check=False), keep=5)
+    assert [e.step for e in plan] == [2]  # behind the newest complete (3); 4 may still be resumed
+    for entry in plan:
+        prune(LOCAL, entry)
+    assert sorted(p.name for p in (tmp_path / "checkpoint_2").iterdir()) == ["manifest.json"]
+
+
+def test_the_status_best_is_a_checkpoint_retention_keeps(tmp_path: Path) -> None:
+    """Early stopping's metric without keepBest: bestCheckpoint names the best by it, and retention
+    keeps that one; a resumed attempt's tracker starts from the best already on storage."""
+    from types import SimpleNamespace
+
+    from trainforge.checkpoints.retention import BestRule, Retention
+    from trainforge_trainer.kube_status import BestTracker
+
+    for step, loss in ((1, 0.2), (2, 0.5), (3, 0.2), (4, 0.9)):
+        make_checkpoint(tmp_path, f"checkpoint_{step}", step, {"val_loss": loss})
+    spec = SimpleNamespace(checkpoint=SimpleNamespace(keep=1, keep_best=None),
+                           early_stopping=SimpleNamespace(metric="val_loss", mode="min"))
+    assert BestRule.for_spec(spec) == BestRule("val_loss", "min")
+    tracker = BestTracker("val_loss", "min")
+    newest = SimpleNamespace(path=str(tmp_path / "checkpoint_4"), filesystem=LOCAL)
+    tracker.offer(str(tmp_path / "checkpoint_4"), 4, {"val_loss": 0.9}, newest)
+    assert tracker.best is not None and tracker.best["step"] == 3  # seeded; the tie goes to the newer
+    Retention.for_spec(spec).apply(LOCAL, str(tmp_path))
+    valid = [e.step for e in list_checkpoints(LOCAL, str(tmp_path)) if e.verdict.valid]
+    assert valid == [3, 4] and tracker.best["uri"] == str(tmp_path / "checkpoint_3")

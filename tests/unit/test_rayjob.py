@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from trainforge.spec import TrainingJobSpec, parse_job
-from trainforge.spec.contract import SPEC_ENV
+from trainforge.spec.contract import LINEAGE_ENV, SPEC_ENV, lineage_id
 from trainforge_operator.rayjob import (
     ENTRYPOINT,
     attempt_name,
@@ -53,6 +53,7 @@ SCHEMA_CASES = {
     "env-valuefrom": ENV_SPEC,
     "everything": {**GPU_SPEC, **CREDENTIALS_SPEC, **ENV_SPEC, "resources": RESOURCES_SPEC["resources"],
                    "image": "registry.example/custom:2", "activeDeadlineSeconds": 3600},
+    "own-grace": {"terminationGracePeriodSeconds": 45, "hangTimeoutSeconds": 600},
 }
 
 
@@ -182,7 +183,7 @@ def test_metadata_names_labels_and_generation() -> None:
     assert meta["name"] == "digits-a3"
     assert meta["namespace"] == NAMESPACE
     assert meta["labels"] == {"trainforge.dev/job": "digits", "trainforge.dev/attempt": "3",
-                              "app.kubernetes.io/managed-by": "trainforge"}
+                              "trainforge.dev/job-uid": UID, "app.kubernetes.io/managed-by": "trainforge"}
     assert meta["annotations"] == {"trainforge.dev/generation": "3"}
 
 
@@ -390,3 +391,28 @@ def test_the_accepted_spec_hash_is_annotated_when_given() -> None:
     body = body_of()
     annotations = build_rayjob(body, parse_job(body).spec, 1, SETTINGS, "abc123")["metadata"]["annotations"]
     assert annotations == {"trainforge.dev/generation": "3", "trainforge.dev/spec-hash": "abc123"}
+
+
+# --- eviction: the preStop hook, the lineage it finds the stop flag by, the grace ------------------
+
+
+def test_every_pod_gets_the_prestop_hook_and_the_attempts_lineage() -> None:
+    rayjob = build(attempt=3)
+    for group in (head_of(rayjob), workers_of(rayjob)):
+        assert env_of(group)[LINEAGE_ENV] == {"name": LINEAGE_ENV, "value": lineage_id(UID, 3)}
+        hook = container(group)["lifecycle"]["preStop"]["exec"]["command"]
+        assert hook == ["python", "-m", "trainforge_trainer.prestop", "--grace-seconds", "120"]
+
+
+def test_the_users_env_cannot_take_the_lineage() -> None:
+    rayjob = build(env=[{"name": LINEAGE_ENV, "value": "someone-else.a1"}])
+    for group in (head_of(rayjob), workers_of(rayjob)):
+        assert env_of(group)[LINEAGE_ENV]["value"] == lineage_id(UID, 1)
+
+
+def test_the_specs_grace_period_sets_the_pods_the_hook_and_the_job_stop_wait() -> None:
+    rayjob = build(terminationGracePeriodSeconds=45)
+    for group in (head_of(rayjob), workers_of(rayjob)):
+        assert group["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+        assert env_of(group)["RAY_JOB_STOP_WAIT_TIME_S"]["value"] == "45"
+        assert container(group)["lifecycle"]["preStop"]["exec"]["command"][-1] == "45"

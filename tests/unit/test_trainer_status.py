@@ -27,7 +27,7 @@ def payload_env(**spec: Any) -> dict[str, str]:
 
 def test_the_entrypoint_reads_the_job_the_operator_wrote() -> None:
     job = ClusterJob.from_env(payload_env(checkpoint={"keepBest": {"metric": "val_accuracy"}}))
-    assert job.ref == JobRef("ml", "digits", 3) and job.run_name == "digits"
+    assert job.ref == JobRef("ml", "digits", 3, "u1") and job.run_name == "digits"
     assert job.target.uri == "s3://ckpt/runs/ml" and uri_prefix(job.target) == "s3://"
     assert job.spec.workers == 2 and best_tracker(job.spec).metric == "val_accuracy"
 

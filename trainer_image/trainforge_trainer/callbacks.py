@@ -7,7 +7,9 @@ from typing import Any
 
 from ray.train import UserCallback
 from trainforge.checkpoints import Retention
-from trainforge.spec import CheckpointConfig
+from trainforge.checkpoints.owner import RunOwner, check_still_owner
+from trainforge.checkpoints.retry import Retry, storage_uri
+from trainforge.spec import CheckpointConfig, TrainingJobSpec
 
 from .kube_status import BestTracker, RateLimiter, StatusWriter, progress_patch
 
@@ -19,17 +21,26 @@ class RetentionCallback(UserCallback):
 
     Ray's own CheckpointConfig keeps either the newest N or the best N, not both, so Ray keeps
     everything (num_to_keep=None) and this callback prunes after each registered checkpoint: by
-    then the upload has finished, and the checkpoint just registered is always among the kept."""
+    then the upload has finished, and the checkpoint just registered is always among the kept.
+    Given the whole spec it also keeps the checkpoint status.bestCheckpoint names (keepBest's metric,
+    else earlyStopping's: `BestRule`, the rule `BestTracker` reports by)."""
 
-    def __init__(self, cfg: CheckpointConfig) -> None:
-        self.retention = Retention.from_config(cfg)
+    def __init__(self, spec: TrainingJobSpec | CheckpointConfig, owner: RunOwner | None = None) -> None:
+        cfg = spec.checkpoint if isinstance(spec, TrainingJobSpec) else spec
+        self.retry = Retry.for_config(cfg)
+        self.retention = (Retention.for_spec(spec, self.retry) if isinstance(spec, TrainingJobSpec)
+                          else Retention.from_config(cfg, retry=self.retry))
+        self.owner = owner
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if checkpoint is None:
             return
         try:
             run_path = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-            self.retention.apply(checkpoint.filesystem, run_path, protect=[checkpoint.path])
+            self.retention.retry = Retry(self.retry.window_s, storage_uri(checkpoint.filesystem, run_path))
+            if self.owner is not None:  # a stale attempt prunes nothing (its workers stop at their next commit)
+                check_still_owner(checkpoint.filesystem, run_path, self.owner)
+            self.retention.apply(checkpoint.filesystem, run_path, protect=[checkpoint.path], owner=self.owner)
         except Exception:  # pruning is housekeeping: never fail the run over it
             log.exception("checkpoint retention failed; will retry after the next checkpoint")
 
@@ -60,11 +71,15 @@ class StatusCallback(UserCallback):
         self.metrics.update({k: v for k, v in report.items() if not (late and k in ("epoch", "step"))})
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
-            self.best.offer(self.latest, int(report.get("step", 0)), report)
+            self.best.offer(self.latest, int(report.get("step", 0)), report, checkpoint)
         if not self.limiter.ready(force=checkpoint is not None or bool(report.get("done"))):
             return
         self.writer.patch(progress_patch(self.metrics, self.latest, self.best.best))
-        if self.writer.suspend_requested and self.preempt_flag is not None and not self.asked_to_stop:
-            log.warning("the TrainingJob asks to be suspended: checkpointing and stopping")
+        fenced = bool(getattr(self.writer, "fenced", False))
+        if (self.writer.suspend_requested or fenced) and self.preempt_flag is not None and not self.asked_to_stop:
+            # Fenced: the job moved on to a later attempt or was re-created; this attempt's checkpoint
+            # commits only while the run's owner record still names it.
+            log.warning("the TrainingJob %s: checkpointing and stopping",
+                        "is no longer this attempt's" if fenced else "asks to be suspended")
             self.preempt_flag.set.remote()
             self.asked_to_stop = True

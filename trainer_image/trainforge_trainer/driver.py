@@ -13,17 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainforge.checkpoints import StorageTarget
+from trainforge.checkpoints.final import FinalResult
+from trainforge.checkpoints.owner import RunOwner, StaleWriter
 from trainforge.lifecycle import AttemptResult
 from trainforge.spec import TrainingJobSpec
+from trainforge.spec.contract import STOP_ACTOR_NAMESPACE, stop_flag_name
 
 from .checkpoint.manager import PREEMPTED_EXIT_CODE
+from .checkpoint.ownership import RunOwnershipError, claim_run
 from .checkpoint.preempt import PreemptFlag
 
 log = logging.getLogger("trainforge.driver")
 PREEMPTED_ERROR = "TrainingPreempted"
 """Error type of a preempted run: the operator counts it as a preemption, not a failure."""
 EXIT_CODES: dict[str, int] = {AttemptResult.SUCCEEDED: 0, AttemptResult.FAILED: 1,
-                              AttemptResult.PREEMPTED: PREEMPTED_EXIT_CODE}
+                              AttemptResult.PREEMPTED: PREEMPTED_EXIT_CODE, AttemptResult.REFUSED: 78}
+"""78 is EX_CONFIG: what must change is the spec or the storage, not the cluster."""
 REPORT_POLL_S = "0.1"
 
 
@@ -66,23 +71,42 @@ def sigterm_requests_stop(flag: Any) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def make_flag() -> Any:
-    """The flag actor the workers poll: set, they checkpoint at the next step boundary and stop."""
+def make_flag(lineage: str | None = None) -> Any:
+    """The flag actor the workers poll: set, they checkpoint at the next step boundary and stop.
+
+    With an attempt's lineage it is the named actor `stop_flag_name(lineage)` that the pods'
+    preStop hooks set on eviction (an attempt has one driver, so get-if-exists finds no stranger).
+    It lives until killed or until the process that made it exits: the hook waits for that. Without
+    one (`trainforge run`, the local backend: no pods, no hook) it is anonymous, so that a later run
+    of the same name can never pick up an earlier run's flag, already set."""
     import ray
 
-    return ray.remote(PreemptFlag).options(num_cpus=0).remote()
+    if not lineage:
+        return ray.remote(PreemptFlag).options(num_cpus=0).remote()
+    return ray.remote(PreemptFlag).options(num_cpus=0, name=stop_flag_name(lineage), namespace=STOP_ACTOR_NAMESPACE,
+                                           get_if_exists=True).remote()
 
 
 def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: list[Any],
-            run_dir: str | None = None, flag: Any = None) -> RunResult:
+            run_dir: str | None = None, flag: Any = None, owner: RunOwner | None = None) -> RunResult:
+    """One Ray Train run of `name`, after claiming the run directory for `owner` (a run of its own
+    name when none is given, as `trainforge run` has)."""
     import ray
 
     from .callbacks import RetentionCallback
     from .launch import make_trainer
 
+    try:
+        claim = claim_run(target, name, spec, owner or RunOwner(name))
+    except (RunOwnershipError, StaleWriter) as exc:
+        return RunResult(AttemptResult.REFUSED, error=str(exc))
+    if claim.finished is not None:
+        return finished_result(claim.finished)
+    own_flag = flag is None  # a caller's flag is the caller's to end (the cluster driver's lives to its exit)
     flag = flag or make_flag()
-    trainer = make_trainer(spec, name, target, [*callbacks, RetentionCallback(spec.checkpoint)],
-                           preempt_flag=flag, run_dir=run_dir)
+    trainer = make_trainer(spec, name, target, [*callbacks, RetentionCallback(spec, claim.owner)],
+                           preempt_flag=flag, run_dir=run_dir, init_from=claim.init_from,
+                           owner=claim.owner.to_dict())
     try:
         with sigterm_requests_stop(flag):
             try:
@@ -90,12 +114,20 @@ def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: 
             except Exception as exc:  # TrainingFailedError carries the worker's traceback
                 return RunResult(AttemptResult.FAILED, error=short_error(exc))
     finally:
-        ray.kill(flag)
+        if own_flag:
+            ray.kill(flag)
     metrics = dict(result.metrics or {})
     if metrics.get("preempted"):
         return RunResult(AttemptResult.PREEMPTED, metrics, f"{PREEMPTED_ERROR}: stopped on a preemption signal after "
                                                f"checkpointing step {metrics.get('step')}; running again resumes")
     return RunResult(AttemptResult.SUCCEEDED, metrics)
+
+
+def finished_result(final: FinalResult) -> RunResult:
+    """A run that already finished with this spec: its final report, as it was."""
+    log.warning("run already complete at step %d (checkpoint %s): its final metrics are reported as they were; "
+                "nothing is trained (start over with --fresh or another name)", final.step, final.checkpoint)
+    return RunResult(AttemptResult.SUCCEEDED, {**final.metrics, "already_complete": True})
 
 
 def discard_run(target: StorageTarget, name: str) -> int:

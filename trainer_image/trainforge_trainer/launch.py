@@ -49,7 +49,8 @@ def resources_per_worker(spec: TrainingJobSpec) -> dict[str, float]:
 
 
 def make_trainer(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: list[Any] | None = None,
-                 preempt_flag: Any = None, run_dir: str | None = None, init_from: str | None = None) -> Any:
+                 preempt_flag: Any = None, run_dir: str | None = None, init_from: str | None = None,
+                 owner: dict[str, Any] | None = None) -> Any:
     """Same name and storage as an earlier run: Ray Train restores that run, and the workers resume
     from its newest valid checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -63,7 +64,7 @@ def make_trainer(spec: TrainingJobSpec, name: str, target: StorageTarget, callba
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json", by_alias=True), "run_dir": run_dir,
-                           "preempt_flag": preempt_flag, "init_from": init_from},
+                           "preempt_flag": preempt_flag, "init_from": init_from, "owner": owner},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources_per_worker(spec)),
         torch_config=TorchConfig(backend=backend_for(use_gpu), timeout_s=int(PG_TIMEOUT.total_seconds())),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
+from trainforge.checkpoints.owner import RunOwner
 from trainforge.spec import TrainingJobSpec
 
 from . import dist
@@ -37,6 +38,7 @@ from .reporting import PrintReporter, Reporter
 from .schedules import LRSchedule, lr_scale
 from .task import Task, build_task
 from .train_state import Position, TrainState
+from .watchdog import StepWatchdog
 
 StoreFactory = Callable[[str | None, TrainingJobSpec], Store | None]
 """How a launcher picks the checkpoint store of a run directory (`ray_worker.make_store` under Ray)."""
@@ -168,6 +170,8 @@ class Loop:
         self.ckpt: Checkpointer | None = None
         self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
                                 peak_flops(world.device))
+        self.watchdog = StepWatchdog(spec.hang_timeout_seconds, world.rank)
+        """Ends this worker when its steps stop coming (see watchdog.py); ticked after every step."""
 
     @property
     def pos(self) -> Position:
@@ -187,11 +191,13 @@ class Loop:
         return found
 
     def checkpointer(self, store: Store, watch: PreemptionWatch | None = None,
-                     init_from: str | None = None) -> Checkpointer:
+                     init_from: str | None = None, owner: RunOwner | None = None) -> Checkpointer:
         """A checkpointer of this loop's Stateful components; the loop uses it once set as `self.ckpt`."""
         components = self.components
-        return Checkpointer(self.stateful(), store, spec=components.spec, world=components.world,
-                            total_steps=components.total_steps, watch=watch, init_from=init_from)
+        ckpt = Checkpointer(self.stateful(), store, spec=components.spec, world=components.world,
+                            total_steps=components.total_steps, watch=watch, init_from=init_from, owner=owner)
+        ckpt.pause = self.watchdog.paused  # saves and commits are not a hang
+        return ckpt
 
     def emit(self, metrics: dict[str, Any]) -> None:
         pos = self.state.position
@@ -229,6 +235,7 @@ class Loop:
             if self.ckpt:
                 self.ckpt.before_optimizer_step()  # a checkpoint copy still reading the weights finishes first
             last_norm = optimizer_step(components)
+            self.watchdog.tick()
             pos.step, pos.micro_in_epoch = pos.step + 1, i + 1
             self.meter.add_step()
             if pos.step % spec.log_every_steps == 0:
@@ -257,8 +264,9 @@ class Loop:
         components = self.components
         if components.val is None:
             return True
-        metrics = evaluate(components.model, components.task, components.val, components.world,
-                           components.precision, "val", components.sharded, components.spec.eval.max_batches)
+        with self.watchdog.paused():
+            metrics = evaluate(components.model, components.task, components.val, components.world,
+                               components.precision, "val", components.sharded, components.spec.eval.max_batches)
         self.state.last_eval = metrics
         components.schedule.observe(metrics)
         stop = components.early.observe(metrics, self.state.position.step) if components.early else False
@@ -270,6 +278,7 @@ class Loop:
     def fit(self) -> dict[str, Any]:
         components, state, pos = self.components, self.state, self.state.position
         self.resume()
+        self.watchdog.start()  # after the restore: the first step is timed from here
         max_epochs = components.spec.epochs or math.ceil(components.total_steps / max(components.steps_per_epoch, 1))
         while pos.epoch < max_epochs and pos.step < components.total_steps and not state.stop_reason:
             if not self.run_epoch():
@@ -279,6 +288,7 @@ class Loop:
                 break
             if self.ckpt:
                 self.ckpt.after_epoch()
+        self.watchdog.stop()
         if state.stop_reason == "preempted":
             return self.stop_preempted()
         return self.finish()
@@ -308,6 +318,8 @@ class Loop:
         if early and early.tracker.best is not None:
             final[f"best_{early.cfg.metric}"] = early.tracker.best
         self.emit(final)
+        if self.ckpt:
+            self.ckpt.record_result(self.result(final))
         return self.result(final)
 
 
@@ -318,12 +330,12 @@ def store_of_run_dir(run_dir: str | None, spec: TrainingJobSpec) -> Store | None
 
 def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
                preempt_flag: Any = None, init_from: str | None = None,
-               make_store: StoreFactory = store_of_run_dir) -> dict[str, Any]:
+               make_store: StoreFactory = store_of_run_dir, owner: RunOwner | None = None) -> dict[str, Any]:
     """Train this worker's part of the job. The launcher may choose where reports go (stdout by
     default) and the checkpoint store (`make_store`, called once the model is built)."""
     world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
     try:
-        return _fit(spec, world, run_dir, reporter, preempt_flag, init_from, make_store)
+        return _fit(spec, world, run_dir, reporter, preempt_flag, init_from, make_store, owner)
     finally:
         # The model (with DDP's reducer, which holds the process group) must be gone before the group
         # is destroyed: freed after it, the reducer drops the group's last reference and gloo's
@@ -335,7 +347,8 @@ def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Repo
 
 
 def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter: Reporter | None,
-         preempt_flag: Any, init_from: str | None, make_store: StoreFactory) -> dict[str, Any]:
+         preempt_flag: Any, init_from: str | None, make_store: StoreFactory,
+         owner: RunOwner | None = None) -> dict[str, Any]:
     loop: Loop | None = None
     try:
         components = build(spec, world)
@@ -344,8 +357,10 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
         loop = Loop(components, reporter or PrintReporter(world.is_main), log)
         store = make_store(run_dir, spec)
         if store is not None:
-            loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from)
+            loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from, owner)
         return loop.fit()
     finally:
+        if loop is not None:
+            loop.watchdog.stop()
         if loop is not None and loop.ckpt is not None:
             loop.ckpt.close()

@@ -7,6 +7,7 @@ import os
 import socket
 from typing import Any
 
+from trainforge.checkpoints.owner import RunOwner
 from trainforge.spec import TrainingJobSpec
 
 from .checkpoint.store import RayStore, Store, run_dir_store
@@ -21,7 +22,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = TrainingJobSpec.model_validate(config["spec"])
     announce_rank()
     run_worker(spec, config.get("run_dir"), reporter=RayReporter(), preempt_flag=config.get("preempt_flag"),
-               init_from=config.get("init_from"), make_store=make_store)
+               init_from=config.get("init_from"), make_store=make_store,
+               owner=RunOwner.from_dict(config["owner"]) if config.get("owner") else None)
 
 
 def make_store(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:

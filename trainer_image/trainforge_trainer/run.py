@@ -2,7 +2,8 @@
 creates. The job arrives as JSON in the TRAINFORGE_JOB environment variable (never through a shell
 string); the run name and storage are the same for every attempt, so each attempt resumes the last.
 
-Exit codes: 0 succeeded, 1 failed, 75 preempted (checkpointed; the operator starts a new attempt).
+Exit codes: 0 succeeded, 1 failed, 75 preempted (checkpointed; the operator starts a new attempt),
+78 refused (the run is another job's, or its checkpoint does not fit the spec: the job fails).
 The outcome is also written to the TrainingJob's status.outcome, which is what the operator reads."""
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from trainforge.checkpoints import StorageTarget, resolve_storage
+from trainforge.checkpoints.owner import RunOwner
 from trainforge.lifecycle import AttemptResult
 from trainforge.spec import TrainingJobSpec
-from trainforge.spec.contract import SPEC_ENV, STATUS_INTERVAL_ENV, TrainerPayload, utcnow
+from trainforge.spec.contract import SPEC_ENV, STATUS_INTERVAL_ENV, TrainerPayload, lineage_id, utcnow
 from trainforge.spec.status import AttemptOutcome
 
-from .kube_status import BestTracker, JobRef, StatusWriter
+from .kube_status import FLUSH_S, BestTracker, JobRef, StatusWriter
 
 log = logging.getLogger("trainforge.run")
 
@@ -50,7 +52,18 @@ class ClusterJob:
             raise SystemExit(f"{SPEC_ENV} does not hold a trainer payload: {err}") from None
         spec = payload.spec
         target = resolve_storage(payload.storage, payload.endpoint, spec.checkpoint.region)
-        return cls(JobRef(payload.namespace, payload.name, payload.attempt), payload.run_name, spec, target)
+        ref = JobRef(payload.namespace, payload.name, payload.attempt, payload.uid)
+        return cls(ref, payload.run_name, spec, target)
+
+    @property
+    def lineage(self) -> str:
+        """This attempt's identity: names its stop flag, which the pods' preStop hooks set."""
+        return lineage_id(self.ref.uid, self.ref.attempt)
+
+    @property
+    def owner(self) -> RunOwner:
+        """This attempt's claim on the run directory."""
+        return RunOwner(self.ref.name, self.ref.namespace, self.ref.uid, self.ref.attempt)
 
 
 def uri_prefix(target: StorageTarget) -> str:
@@ -59,11 +72,10 @@ def uri_prefix(target: StorageTarget) -> str:
 
 
 def best_tracker(spec: TrainingJobSpec) -> BestTracker:
-    if spec.checkpoint.keep_best is not None:
-        return BestTracker(spec.checkpoint.keep_best.metric, spec.checkpoint.keep_best.mode)
-    if spec.early_stopping is not None:
-        return BestTracker(spec.early_stopping.metric, spec.early_stopping.mode)
-    return BestTracker(None, "max")
+    from trainforge.checkpoints.retention import BestRule
+
+    rule = BestRule.for_spec(spec)  # the rule retention keeps by: bestCheckpoint is never pruned
+    return BestTracker(rule.metric if rule else None, rule.mode if rule else "max")
 
 
 def train(job: ClusterJob, writer: StatusSink, flag: Any = None) -> tuple[AttemptResult, str]:
@@ -71,10 +83,10 @@ def train(job: ClusterJob, writer: StatusSink, flag: Any = None) -> tuple[Attemp
     from .callbacks import StatusCallback
     from .driver import fit_run, make_flag
 
-    flag = flag or make_flag()
+    flag = flag or make_flag(job.lineage)
     interval = float(os.environ.get(STATUS_INTERVAL_ENV, "10"))
     status = StatusCallback(writer, uri_prefix(job.target), best_tracker(job.spec), interval, flag)
-    result = fit_run(job.spec, job.run_name, job.target, [status], flag=flag)
+    result = fit_run(job.spec, job.run_name, job.target, [status], flag=flag, owner=job.owner)
     return result.status, result.error or ""
 
 
@@ -131,6 +143,8 @@ def main() -> int:
         log.exception("the attempt failed")
         result, message = AttemptResult.FAILED, f"{type(exc).__name__}: {exc}"
     writer.patch(outcome_patch(job.ref.attempt, result, message))
+    if not writer.flush():
+        log.warning("the attempt's outcome could not be written to the TrainingJob within %.0f s", FLUSH_S)
     from .driver import EXIT_CODES
 
     log.info("attempt %d %s%s", job.ref.attempt, result, f": {message}" if message else "")

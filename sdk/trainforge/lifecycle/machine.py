@@ -12,6 +12,11 @@ from ..spec.status import AttemptOutcome
 from .types import Action, AttemptState, AttemptView, DeleteJob, Event, StartAttempt, StopAttempt, Timing, Transition
 
 SUSPEND_POLL_S = 2.0
+DEFAULT_TIMING = Timing()
+
+
+def storage_backoff(timing: Timing, restarts: int) -> float:
+    return timing.storage_backoff_s * 2 ** min(max(restarts - 1, 0), 3)
 """How often a suspending attempt is looked at until it has stopped."""
 
 
@@ -33,6 +38,8 @@ class Lifecycle:
         self.actions: list[Action] = []
         self.events: list[Event] = []
         self.requeue_after: float | None = None
+        self.timing = DEFAULT_TIMING
+        """`advance`'s timing (the default for the calls backends make themselves)."""
         self.ttl_after_finished: int | None = None
         """spec.ttlSecondsAfterFinished; `advance` takes it from the spec."""
         if self.status.phase is None:
@@ -52,7 +59,7 @@ class Lifecycle:
     # ---- the machine ---------------------------------------------------------------------------
 
     def advance(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
-        self.ttl_after_finished = spec.ttl_seconds_after_finished
+        self.ttl_after_finished, self.timing = spec.ttl_seconds_after_finished, timing
         if self.phase.is_terminal or self._deadline_passed(spec, attempt):
             return
         if not spec.suspend and self.status.suspend_requested:  # un-suspended before it took effect
@@ -65,7 +72,7 @@ class Lifecycle:
         if self.attempt == 0:
             return self.start_attempt(Reason.CREATED, "attempt 1")
         if attempt.state == AttemptState.NONE:
-            return self._missing(spec, attempt)
+            return self._missing(spec, attempt, timing)
         if attempt.state in (AttemptState.SUCCEEDED, AttemptState.ENDED):
             return self._ended(spec, attempt)
         return self._running(spec, attempt, timing)
@@ -114,9 +121,14 @@ class Lifecycle:
         self.enter(Phase.SUSPENDED, Reason.SUSPENDED,
                    "suspended; set spec.suspend: false (`trainforge resume`) to continue from the checkpoint")
 
-    def _missing(self, spec: TrainingJobSpec, attempt: AttemptView) -> None:
+    def _missing(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
         if self.phase in (Phase.CREATED, Phase.RESTARTING):
-            # The status names the attempt but it does not exist: starting it was interrupted.
+            # The status names the attempt but it does not exist: not started yet, or starting it was
+            # interrupted. Never two writers at once: an earlier attempt's pods go first.
+            if attempt.waiting_on and self._still_fenced(attempt, timing):
+                return
+            if self.status.reason == Reason.STORAGE_UNAVAILABLE and self._backing_off(timing):
+                return
             self.actions.append(StartAttempt(self.attempt))
             return
         why = attempt.message or f"attempt {self.attempt} disappeared"
@@ -129,7 +141,47 @@ class Lifecycle:
             return
         outcome = self._outcome()
         why = (outcome.message if outcome else "") or attempt.message or f"attempt {self.attempt} ended"
+        if outcome is not None and outcome.result == AttemptResult.REFUSED:
+            return self.fail(Reason.RUN_REFUSED, why)
         self._restart_or_fail(spec, self._preempted(attempt), why)
+
+    def _backing_off(self, timing: Timing) -> bool:
+        since = conds.get(self.status.conditions, ConditionType.RESTARTING)
+        left = storage_backoff(timing, self.status.restarts) - (
+            (self.now - since.last_transition_time).total_seconds() if since else 0.0)
+        if left > 0:
+            self.requeue(left)
+        return left > 0
+
+    def _start_timed_out(self, spec: TrainingJobSpec, attempt: AttemptView) -> bool:
+        """An attempt that never got running within spec.startTimeoutSeconds is stopped and fails."""
+        limit = spec.start_timeout_seconds
+        waited = (self.now - attempt.created).total_seconds()  # type: ignore[operator]
+        if waited < limit:
+            self.requeue(limit - waited)
+            return False
+        self.stop()
+        why = f"attempt {self.attempt} did not start running within spec.startTimeoutSeconds ({limit} s): " \
+              f"{attempt.message or 'no reason reported'}"
+        self._restart_or_fail(spec, False, why, Reason.START_TIMEOUT)
+        return True
+
+    def _still_fenced(self, attempt: AttemptView, timing: Timing) -> bool:
+        """Wait for `attempt.waiting_on` to go, up to `timing.fence_wait_s` since the phase began."""
+        since = conds.get(self.status.conditions, ConditionType(self.phase.value))
+        waited = (self.now - since.last_transition_time).total_seconds() if since else 0.0
+        what = ", ".join(attempt.waiting_on[:5]) + (" ..." if len(attempt.waiting_on) > 5 else "")
+        if waited < timing.fence_wait_s:
+            message = f"attempt {self.attempt} waits for {what} to go (up to {int(timing.fence_wait_s)} s)"
+            if self.status.reason != Reason.WAITING_FOR_PREVIOUS:
+                self.event(EventType.NORMAL, Reason.WAITING_FOR_PREVIOUS, message)
+            self.status.reason, self.status.message = Reason.WAITING_FOR_PREVIOUS.value, message
+            self.requeue(min(2.0, timing.fence_wait_s - waited))
+            return True
+        self.event(EventType.WARNING, Reason.WAITING_FOR_PREVIOUS,
+                   f"attempt {self.attempt} starts although {what} is still there after {int(waited)} s; "
+                   "the run's owner record stops the earlier attempt's writes")
+        return False
 
     def _running(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
         if attempt.disrupted and self.status.disrupted_attempt != self.attempt:
@@ -148,6 +200,9 @@ class Lifecycle:
             return self._restart_or_fail(spec, self._preempted(attempt), why)
         if self.status.head_missing_since:
             self.status.head_missing_since = None
+        pending = attempt.state == AttemptState.PENDING and attempt.created is not None
+        if pending and self._start_timed_out(spec, attempt):
+            return
         if attempt.state == AttemptState.RUNNING and self.phase != Phase.RUNNING:
             self.enter(Phase.RUNNING, Reason.ATTEMPT_RUNNING, f"attempt {self.attempt} is training")
         self.requeue(timing.resync_s)
@@ -164,7 +219,7 @@ class Lifecycle:
 
     # ---- transitions ---------------------------------------------------------------------------
 
-    def _restart_or_fail(self, spec: TrainingJobSpec, preempted: bool, why: str) -> None:
+    def _restart_or_fail(self, spec: TrainingJobSpec, preempted: bool, why: str, reason: Reason | None = None) -> None:
         policy, attempt = spec.restart_policy, self.attempt
         counts = not preempted or policy.count_preemptions
         if preempted:
@@ -173,11 +228,13 @@ class Lifecycle:
         if counts and self.status.restarts >= policy.max_restarts:
             return self.fail(Reason.RESTARTS_EXHAUSTED, f"attempt {attempt} failed ({why}); "
                                                         f"restartPolicy.maxRestarts ({policy.max_restarts}) reached")
+        if reason is None and Reason.STORAGE_UNAVAILABLE.value in why:
+            reason = Reason.STORAGE_UNAVAILABLE
         if counts:
             self.status.restarts += 1
             if not preempted:
                 self.event(EventType.WARNING, Reason.ATTEMPT_FAILED, f"attempt {attempt} failed: {why}")
-        self.start_attempt(Reason.PREEMPTED if preempted else Reason.ATTEMPT_FAILED, why)
+        self.start_attempt(reason or (Reason.PREEMPTED if preempted else Reason.ATTEMPT_FAILED), why)
 
     def start_attempt(self, reason: Reason, message: str) -> None:
         attempt = self.attempt + 1
@@ -186,7 +243,10 @@ class Lifecycle:
         self.status.head_missing_since = self.status.suspend_requested = self.status.disrupted_attempt = None
         if not self.status.start_time:
             self.status.start_time = self.now
-        self.actions.append(StartAttempt(attempt))
+        if reason == Reason.STORAGE_UNAVAILABLE:  # started by a later pass, once the backoff is over
+            self.requeue(storage_backoff(self.timing, self.status.restarts))
+        else:
+            self.actions.append(StartAttempt(attempt))
         if attempt > 1 or after_suspension:
             self.enter(Phase.RESTARTING, reason, f"attempt {attempt}: {message}")
         self.event(EventType.NORMAL, Reason.ATTEMPT_CREATED,

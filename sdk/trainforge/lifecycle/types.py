@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +38,11 @@ class AttemptView:
     """Its pods are marked for disruption (Kubernetes' DisruptionTarget): their loss is a preemption."""
     head_lost: bool = False
     """Its Ray head is gone while the attempt has not ended (cluster only)."""
+    created: datetime | None = None
+    """With state PENDING: when the attempt was created (its start deadline counts from then)."""
+    waiting_on: tuple[str, ...] = ()
+    """With state NONE: what must be gone before the attempt may start (pods of an earlier attempt
+    or incarnation that may still run a trainer). Empty: nothing is in the way."""
 
     @property
     def active(self) -> bool:
@@ -50,6 +56,12 @@ class Timing:
     head_lost_grace_s: float = 60.0
     resync_s: float = 10.0
     """How soon to look again at a running attempt when nothing wakes the backend."""
+    storage_backoff_s: float = 30.0
+    """After an attempt that storage failed, the next starts this long after (doubling per restart, up
+    to 8x): an outage should not burn restarts back to back while the data is intact."""
+    fence_wait_s: float = 120.0
+    """How long a new attempt waits for an earlier one's pods to go; after that it starts anyway
+    (with a Warning) and the run's owner record stops the old writer."""
 
 
 @dataclass(frozen=True)

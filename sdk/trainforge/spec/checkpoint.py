@@ -41,6 +41,15 @@ class CheckpointConfig(SpecModel):
     async_: bool = Field(default=True, alias="async")
     """Copy the state at the step, then write, hash and upload it in the background (interval and
     epoch saves of unsharded state); the checkpoint is committed a few steps later."""
+    retry_window_seconds: PositiveFloat = 300.0
+    """How long each storage operation (listing and reading checkpoints at resume, uploads, downloads,
+    retention's prunes) is retried through an outage (connection errors, timeouts, 5xx, throttling)
+    before the attempt fails with a reason starting `StorageUnavailable:`. Errors no retry fixes
+    (access denied, a missing bucket) fail at once, with the fix."""
+    resume_from: str | None = None
+    """A checkpoint (its full URI, `.../<run>/checkpoint_...`) to start from when the run has none of
+    its own. Naming a checkpoint of a run another job owns takes that run over: without it, a job
+    whose name and storage lead to another job's checkpoints is refused rather than resumed."""
 
     @field_validator("storage")
     @classmethod
@@ -61,6 +70,13 @@ class CheckpointConfig(SpecModel):
             raise ValueError(
                 f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dots, hyphens)"
             )
+        return value
+
+    @field_validator("resume_from")
+    @classmethod
+    def _resume_from_form(cls, value: str | None) -> str | None:
+        if value is not None and not value.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_"):
+            raise ValueError(f"{value!r} must name a checkpoint directory, e.g. s3://bucket/runs/exp/checkpoint_...")
         return value
 
     @field_validator("endpoint")

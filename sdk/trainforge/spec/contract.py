@@ -27,6 +27,9 @@ RAYJOBS = "rayjobs"
 LABEL_JOB = "trainforge.dev/job"
 LABEL_ATTEMPT = "trainforge.dev/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB_UID = "trainforge.dev/job-uid"
+"""On an attempt's RayJob and pods: the uid of the TrainingJob incarnation they belong to (names are
+reused when a job is deleted and created again; uids never are)."""
 ANNOTATION_GENERATION = "trainforge.dev/generation"
 ANNOTATION_SPEC_HASH = "trainforge.dev/spec-hash"
 
@@ -141,6 +144,7 @@ __all__ = [
     "KIND",
     "LABEL_ATTEMPT",
     "LABEL_JOB",
+    "LABEL_JOB_UID",
     "LABEL_MANAGED_BY",
     "LINEAGE_ENV",
     "LOCAL_ROOT_ENV",
@@ -152,8 +156,8 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "SPEC_ENV",
-    "STOP_ACTOR_NAMESPACE",
     "STATUS_INTERVAL_ENV",
+    "STOP_ACTOR_NAMESPACE",
     "SUPERVISOR_MODULE",
     "TRAINER_EXTRA_HINT",
     "TRAINER_MODULE",

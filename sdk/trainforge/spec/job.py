@@ -84,6 +84,19 @@ class TrainingJobSpec(SpecModel):
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     suspend: bool = False
     active_deadline_seconds: PositiveInt | None = None
+    termination_grace_period_seconds: PositiveInt | None = None
+    """Pods' terminationGracePeriodSeconds: how long an evicted or deleted pod's trainer has to save
+    and upload its emergency checkpoint (the pods' preStop hook waits for it at most this long).
+    Default: the operator's (120 s). Size it to a checkpoint's save + upload time, with margin."""
+    hang_timeout_seconds: NonNegativeInt | None = None
+    """A rank that completes no optimizer step for this long counts as hung: every rank's stacks go
+    to the log and the attempt restarts from its last checkpoint, instead of waiting out the process
+    group's 30-minute timeout. Checkpoint saves and evaluation are not counted. Default: 20 x the
+    median step time, at least 300 s; 0 turns the watchdog off."""
+    start_timeout_seconds: PositiveInt = 600
+    """How long an attempt may take to start running (pods scheduled, images pulled, Ray up). One
+    that does not is stopped and counts as a failed attempt, with the pods' own reason
+    (Unschedulable, ImagePullBackOff, ...) in the condition message."""
     ttl_seconds_after_finished: NonNegativeInt | None = None
 
     @model_validator(mode="after")

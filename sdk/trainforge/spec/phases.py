@@ -54,6 +54,15 @@ class Reason(StrEnum):
     SPEC_CHANGE_REJECTED = "SpecChangeRejected"
     NO_STORAGE = "NoStorage"
     RAYJOB_REJECTED = "RayJobRejected"
+    RUN_REFUSED = "RunRefused"
+    """The trainer would not start: the run belongs to another job, or its checkpoint does not fit the spec."""
+    WAITING_FOR_PREVIOUS = "WaitingForPreviousAttempt"
+    """A new attempt waits until the pods of an earlier attempt (or incarnation) are gone."""
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
+    """The attempt failed because checkpoint storage was unreachable: the next one starts after a backoff.
+    Also the name of the trainer's error type for it, which is how the lifecycle tells."""
+    START_TIMEOUT = "StartTimeout"
+    """An attempt did not start running within spec.startTimeoutSeconds."""
 
 
 class AttemptResult(StrEnum):
@@ -62,6 +71,9 @@ class AttemptResult(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     PREEMPTED = "preempted"
+    REFUSED = "refused"
+    """Refused to start (the run is another job's, or its checkpoint does not fit the spec): retrying
+    the same spec cannot help, so the job fails at once."""
 
 
 class EventType(StrEnum):

@@ -8,12 +8,14 @@ train state's keys sit at the top level and every other component's state under 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,17 +26,20 @@ from trainforge.checkpoints import (
     Manifest,
     Retention,
     list_checkpoints,
-    prune,
     verify,
     write_manifest,
 )
+from trainforge.checkpoints.final import FinalResult, write_result
 from trainforge.checkpoints.manifest import digest
+from trainforge.checkpoints.owner import RunOwner, StaleWriter, check_still_owner
+from trainforge.checkpoints.retention import mark_complete, mark_corrupt
+from trainforge.checkpoints.retry import Retry, ensure_bucket, storage_uri
 from trainforge.spec import CheckpointConfig, TrainingJobSpec
 
 from ..dist import World, all_reduce_max, all_reduce_min, distributed, from_main, gather_objects
 from ..train_state import TrainState
 from .files import DCP_DIR, ModelOptimizer, read_model, read_trainer, write_full_state, write_model, write_trainer
-from .preempt import PreemptionWatch, ray_preemption_notice
+from .preempt import PreemptionWatch, StopVote, ray_preemption_notice
 from .snapshot import HostCopier, PendingSave, Writer
 from .state import Stateful, scalars, spec_changes, spec_dict, spec_hash, versions
 from .store import RayStore, Store
@@ -60,7 +65,8 @@ class Checkpointer:
     """Saves and restores named Stateful components; knows nothing of the loop that trains them."""
 
     def __init__(self, components: dict[str, Stateful], store: Store, *, spec: TrainingJobSpec, world: World,
-                 total_steps: int, watch: PreemptionWatch | None = None, init_from: str | None = None) -> None:
+                 total_steps: int, watch: PreemptionWatch | None = None, init_from: str | None = None,
+                 owner: RunOwner | None = None) -> None:
         missing = {MODEL, TRAIN} - components.keys()
         if missing:
             raise KeyError(f"the checkpointer needs the components {sorted(missing)}")
@@ -69,38 +75,56 @@ class Checkpointer:
         self.train = cast(TrainState, components[TRAIN])
         self.spec, self.world, self.total_steps, self.store = spec, world, total_steps, store
         self.init_from = init_from
+        self.owner = owner
+        """The job and attempt that claimed the run (None: a run outside any job, e.g. a torchrun test):
+        recorded in every manifest, and checked before every commit and prune."""
         """A checkpoint (path on the store's filesystem) to start from when the run has none of its
         own: how a PBT trial takes over a better trial's state."""
         self.cfg: CheckpointConfig = spec.checkpoint
         self.watch = watch or PreemptionWatch()
+        self.vote = StopVote.for_world(self.watch.requested)
+        """Read at every step: all ranks stop at the same one (a collective to create)."""
+        self.pause: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+        """Wraps every save and commit: the loop's hang watchdog does not count their time."""
         self.last_saved_step = -1
         self.last_save_time = time.monotonic()
         self.noticed_drain = False
         self.check_every = spec.log_every_steps
-        self.retention = Retention.from_config(self.cfg)
+        self.retry = Retry.for_config(self.cfg, storage_uri(store.fs, store.run_path))
+        """Every storage operation of the run rides out outages up to spec.checkpoint.retryWindowSeconds."""
+        store.retry = self.retry
+        self.retention = Retention.for_spec(spec, self.retry)
         self.ray_notices = isinstance(store, RayStore)
         self.copier = HostCopier(world.device)
         self.writer = Writer()
         self.pending: PendingSave | None = None
+        self.last_committed: str | None = None
+        """Name of the newest checkpoint this run committed."""
         """The save being written in the background; committed at a later step boundary."""
 
     # ---- saving -------------------------------------------------------------------------------
 
     def after_step(self) -> bool:
-        """At an optimizer-step boundary. True when training must stop (preempted, saved)."""
+        """At an optimizer-step boundary. True when training must stop (preempted, saved).
+
+        A stop request is read at every step (`StopVote`: a local check and an all-reduce on the CPU
+        that overlaps the next step); lateness, the node-drain notice and background writes are
+        agreed on every `log_every_steps` steps, as before (that all-reduce may sync the device)."""
         step = self.train.position.step
         due = bool(self.cfg.every_steps and step % self.cfg.every_steps == 0)
         if self.pending is not None and not distributed():
-            self.finish_pending(wait=False)
+            with self.pause():
+                self.finish_pending(wait=False)
         if self.copier.unprepared and self._background_writes() and self.world.is_main:
             self.copier.prepare(self.model.state_dict())  # once
+        if self.vote.poll():
+            self.save("preempted")
+            return True
         if step % self.check_every == 0:
-            preempt, late, drain, writing = self._agree_on_signals()
-            if preempt:
-                self.save("preempted")
-                return True
+            late, drain, writing = self._agree_on_signals()
             if self.pending is not None and not writing:  # every rank's part is written
-                self.finish_pending(wait=True)
+                with self.pause():
+                    self.finish_pending(wait=True)
             if drain and not self.noticed_drain:
                 self.noticed_drain = True
                 log.warning("Ray Train reports this run's node is being drained: checkpointing now")
@@ -117,15 +141,14 @@ class Checkpointer:
     def at_end(self) -> None:
         self.save("final")
 
-    def _agree_on_signals(self) -> tuple[bool, bool, bool, bool]:
-        """(preempt, a save is late, node drain, a rank is still writing): one all-reduce at a check step."""
+    def _agree_on_signals(self) -> tuple[bool, bool, bool]:
+        """(a save is late, node drain, a rank is still writing): one all-reduce at a check step."""
         late = bool(self.cfg.every_seconds) and self.world.is_main and \
             time.monotonic() - self.last_save_time >= (self.cfg.every_seconds or 0)
         writing = self.pending is not None and not self.pending.files.done()
-        flags = torch.tensor([float(self.watch.requested.is_set()), float(late), float(writing)],
-                             device=self.world.device)
-        preempt, late_all, writing_any = (bool(v) for v in all_reduce_max(flags).tolist())
-        return preempt, late_all, self.ray_notices and ray_preemption_notice(), writing_any
+        flags = torch.tensor([float(late), float(writing)], device=self.world.device)
+        late_all, writing_any = (bool(v) for v in all_reduce_max(flags).tolist())
+        return late_all, self.ray_notices and ray_preemption_notice(), writing_any
 
     def before_optimizer_step(self) -> None:
         self.copier.wait_on_train_stream()
@@ -136,6 +159,10 @@ class Checkpointer:
         return self.cfg.async_ and not self.model.sharded and reason in ("interval", "epoch")
 
     def save(self, reason: str) -> None:
+        with self.pause():
+            self._save(reason)
+
+    def _save(self, reason: str) -> None:
         self.finish_pending(wait=True)  # one save in flight: checkpoints commit in the order taken
         step, is_main = self.train.position.step, self.world.is_main
         if self.last_saved_step == step and reason != "preempted":
@@ -182,15 +209,19 @@ class Checkpointer:
             return
         self.pending = None
         mine = pending.files.result()  # what the writer raised, raised here
-        files = {k: v for part in gather_objects(mine) for k, v in part.items()}
+        parts = gather_objects(mine)
+        files = {k: v for part in parts for k, v in part.items()}
+        self.check_owner()  # a stale attempt stops here, before its checkpoint could count
         if is_main:
-            write_manifest(_local_fs(), str(pending.local), dataclasses.replace(pending.manifest, files=files))
+            write_manifest(_local_fs(), str(pending.local),
+                           dataclasses.replace(pending.manifest, files=files, ranks=[sorted(p) for p in parts]))
         # A preemption grace period is short: that checkpoint is uploaded before the run stops.
         self.store.commit(pending.local if mine or is_main else None, pending.name,
                           {**pending.metrics, "checkpoint_blocking_s": pending.blocking_s},
                           self.cfg.async_ and pending.reason != "preempted")
         if not mine and not is_main and self.store.stages_locally:
             shutil.rmtree(pending.local, ignore_errors=True)
+        self.last_committed = pending.name
         if is_main:
             log.info("checkpoint %s (%s, step %d) committed; the step waited %.2fs", pending.name, pending.reason,
                      pending.step, pending.blocking_s)
@@ -217,21 +248,57 @@ class Checkpointer:
             world_size=self.world.size, strategy=spec.strategy.type, spec_hash=spec_hash(spec),
             files=files, metrics=scalars(metrics),
             spec=spec_dict(spec), versions=versions(), reason=reason,
+            owner=self.owner.manifest_owner() if self.owner else {},
         )
 
     def apply_retention(self) -> None:
-        self.retention.apply(self.store.fs, self.store.run_path)
+        if self.owner is not None:
+            check_still_owner(self.store.fs, self.store.run_path, self.owner)
+        self.retention.apply(self.store.fs, self.store.run_path, owner=self.owner)
+
+    def record_result(self, metrics: dict[str, Any]) -> None:
+        """At the end of a finished run (rank 0): its final report, for a later run of the same spec
+        to report as it was (see `trainforge.checkpoints.final`)."""
+        if not self.world.is_main or self.last_committed is None:
+            return
+        if self.owner is not None:
+            check_still_owner(self.store.fs, self.store.run_path, self.owner)
+        record = FinalResult(self.last_committed, self.train.position.step, scalars(metrics),
+                             self.owner.manifest_owner() if self.owner else {})
+        try:
+            write_result(self.store.fs, self.store.run_path, record)
+        except OSError:  # the run is done and its checkpoints are safe: only the record is missing
+            log.exception("could not write the run's result record")
+
+    def check_owner(self) -> None:
+        """All ranks: raise StaleWriter when the run is no longer this attempt's (rank 0 reads the record)."""
+        if self.owner is None:
+            return
+        why = None
+        if self.world.is_main:
+            try:
+                check_still_owner(self.store.fs, self.store.run_path, self.owner)
+            except StaleWriter as exc:
+                why = str(exc)
+        why = from_main(why)
+        if why:
+            raise StaleWriter(why)
 
     # ---- resuming -----------------------------------------------------------------------------
 
     def candidates(self) -> tuple[list[CheckpointEntry], list[str]]:
         """On rank 0: checkpoints whose files are all there at the right size, newest first, and
-        what was skipped. Contents are hashed after the fetch, so storage is read once."""
+        what was skipped (malformed manifests, missing parts). Contents are hashed after the fetch, so
+        storage is read once. A checkpoint marked corrupt earlier is a candidate again once it verifies."""
+        ensure_bucket(self.store.fs, self.store.run_path, self.retry)  # a missing bucket lists as empty
         found, skipped = [], []
-        for entry in reversed(list_checkpoints(self.store.fs, self.store.run_path, check=True)):
+        for entry in reversed(list_checkpoints(self.store.fs, self.store.run_path, check=True, retry=self.retry)):
+            if self.owner is not None and entry.manifest and entry.manifest.owner \
+                    and not self.owner.same_job(entry.manifest.owner):
+                continue  # another job's (a run taken over with resumeFrom): never resumed, never pruned
             if entry.verdict.valid:
                 found.append(entry)
-            elif entry.manifest is not None and entry.manifest.status == "complete":
+            elif entry.malformed or (entry.manifest is not None and entry.manifest.status != "pruned"):
                 skipped.append(self._reject(entry, entry.verdict.reason))
         if not found and self.init_from:
             found.extend(self._donor())
@@ -240,19 +307,21 @@ class Checkpointer:
     def _donor(self) -> list[CheckpointEntry]:
         """The checkpoint this run was told to start from, if it is there and valid."""
         parent = self.init_from.rstrip("/").rsplit("/", 1)[0]  # type: ignore[union-attr]
-        return [e for e in list_checkpoints(self.store.fs, parent, check=True)
+        return [e for e in list_checkpoints(self.store.fs, parent, check=True, retry=self.retry)
                 if e.path.rstrip("/") == self.init_from.rstrip("/") and e.verdict.valid]  # type: ignore[union-attr]
 
     def _reject(self, entry: CheckpointEntry, reason: str) -> str:
-        """Warn, and mark the checkpoint corrupt so retention and later resumes ignore it."""
+        """Warn, and record a complete checkpoint as corrupt (files and data kept: a later resume checks
+        it again, and only retention removes it). A malformed manifest is reported and left as it is."""
         log.warning("checkpoint %s (step %d) is unusable: %s; trying the previous one",
                     entry.name, entry.step, reason)
-        prune(self.store.fs, entry, status="corrupt")
-        return f"{entry.name} (step {entry.step}): {reason}"
+        if entry.manifest is not None and entry.manifest.status == "complete":
+            mark_corrupt(self.store.fs, entry, reason, self.retry)
+        return f"{entry.name} (step {entry.step}): {reason}" if entry.manifest else f"{entry.name}: {reason}"
 
     def restore(self) -> Resumed | None:
         """Load the newest checkpoint every rank's copy of which verifies; None when there is none."""
-        entries, skipped = from_main(self.candidates() if self.world.is_main else None)
+        entries, skipped = same_on_all_ranks(self.candidates if self.world.is_main else None)
         if not entries and self.init_from:  # starting from scratch instead would quietly waste the trial
             raise FileNotFoundError(f"the checkpoint this run starts from is gone or invalid: {self.init_from}; "
                                     "keep more checkpoints (spec.checkpoint.keep) so they outlive a PBT exploit")
@@ -266,6 +335,10 @@ class Checkpointer:
                     continue
                 manifest = Manifest.from_json((local / "manifest.json").read_text())
                 self._load(local, manifest)
+            if self.world.is_main and entry.manifest is not None and entry.manifest.status == "corrupt":
+                log.warning("checkpoint %s was marked corrupt (%s) and verifies now: resuming from it",
+                            entry.name, entry.manifest.corrupt_reason)
+                mark_complete(self.store.fs, entry, self.retry)
             self.last_saved_step = manifest.step
             changed = manifest.spec_hash != spec_hash(self.spec)
             changes = spec_changes(manifest.spec, spec_dict(self.spec)) if changed else []
@@ -298,6 +371,24 @@ class Checkpointer:
                 self.apply_retention()  # the last upload has landed: prune what it made surplus
             except OSError:
                 log.exception("checkpoint retention failed at the end of the run")
+
+
+def same_on_all_ranks(compute: Callable[[], Any] | None) -> Any:
+    """Rank 0's `compute()` on every rank; when it raises, every rank raises (a storage error with its
+    own type and message), instead of the other ranks waiting for a broadcast that never comes."""
+    if compute is None:
+        value, error = from_main(None)
+    else:
+        try:
+            value, error = compute(), None
+        except Exception as exc:
+            from_main((None, (type(exc), str(exc))))
+            raise
+        from_main((value, None))
+    if error is not None:
+        kind, message = error
+        raise (kind if issubclass(kind, OSError) else RuntimeError)(message)
+    return value
 
 
 def owned_files(local: Path, rank: int) -> list[str]:

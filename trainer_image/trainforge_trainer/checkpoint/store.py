@@ -4,11 +4,15 @@
 it (in the background when async) into one directory of the run; Ray Train's `storage_path` and
 `storage_filesystem` decide where. Without Ray (torchrun): `DirStore` has all ranks write straight
 into a run directory on a shared filesystem; `UploadStore` stages locally and uploads to remote
-storage itself, in a background thread when async (the same split Ray's async upload makes)."""
+storage itself, in a background thread when async (the same split Ray's async upload makes).
+
+Every store's transfers go through its `retry` (the checkpointer sets it from the spec's
+retryWindowSeconds): outages are ridden out, access denied or a missing bucket fail at once."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,9 +22,10 @@ from typing import Any, Protocol
 
 import pyarrow.fs as pafs
 from trainforge.checkpoints import resolve_storage
+from trainforge.checkpoints.retry import Retry
 from trainforge.spec import CheckpointConfig
 
-from .transfer import download_dir, upload_dir
+from .transfer import DEFAULT_RETRY, download_dir, upload_dir
 
 
 class Store(Protocol):
@@ -30,6 +35,8 @@ class Store(Protocol):
     """Each rank stages into its own temp dir (removed once uploaded)."""
     trainer_prunes: bool
     """Rank 0 applies retention after saving (under Ray the controller does it)."""
+    retry: Retry
+    """How uploads and downloads ride out outages (the checkpointer sets the spec's window)."""
 
     def staging(self, name: str) -> Path: ...
 
@@ -45,6 +52,7 @@ class Store(Protocol):
 class DirStore:
     stages_locally = False
     trainer_prunes = True
+    retry = DEFAULT_RETRY
 
     def __init__(self, run_dir: str | Path) -> None:
         self.fs = pafs.LocalFileSystem()
@@ -71,6 +79,7 @@ class UploadStore:
 
     stages_locally = True
     trainer_prunes = True
+    retry = DEFAULT_RETRY
 
     def __init__(self, fs: Any, run_path: str) -> None:
         self.fs, self.run_path = fs, run_path.rstrip("/")
@@ -90,7 +99,7 @@ class UploadStore:
 
     def _upload(self, local: Path, dest: str) -> None:
         try:
-            upload_dir(local, self.fs, dest)
+            upload_dir(local, self.fs, dest, self.retry)
         finally:
             shutil.rmtree(local, ignore_errors=True)
 
@@ -101,7 +110,7 @@ class UploadStore:
             pending.result()
 
     def fetch(self, path: str) -> contextlib.AbstractContextManager[Path]:
-        return download_to_temp(self.fs, path)
+        return download_to_temp(self.fs, path, self.retry)
 
     def close(self) -> None:
         try:
@@ -121,19 +130,20 @@ def run_dir_store(run_dir: str | None, cfg: CheckpointConfig) -> Store | None:
     return UploadStore(target.filesystem, target.path)
 
 
-def _ray_upload(checkpoint: Any, dir_name: str) -> Any:
+def _ray_upload(checkpoint: Any, dir_name: str, retry: Retry = DEFAULT_RETRY) -> Any:
     """Ray Train's `checkpoint_upload_fn`: ordered and retried, unlike a plain copy_files."""
     import ray.train
 
     storage = ray.train.get_context().get_storage()
     dest = storage.build_checkpoint_path_from_name(dir_name)
-    upload_dir(Path(checkpoint.path), storage.storage_filesystem, dest)
+    upload_dir(Path(checkpoint.path), storage.storage_filesystem, dest, retry)
     return ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
 
 
 class RayStore:
     stages_locally = True
     trainer_prunes = False
+    retry = DEFAULT_RETRY
 
     def __init__(self) -> None:
         import ray.train
@@ -155,22 +165,23 @@ class RayStore:
         ray.train.report(
             metrics, checkpoint=ray.train.Checkpoint.from_directory(str(local)), checkpoint_dir_name=name,
             checkpoint_upload_mode=CheckpointUploadMode.ASYNC if async_upload else CheckpointUploadMode.SYNC,
-            delete_local_checkpoint_after_upload=True, checkpoint_upload_fn=_ray_upload,
+            delete_local_checkpoint_after_upload=True,
+            checkpoint_upload_fn=functools.partial(_ray_upload, retry=self.retry),
         )
 
     def fetch(self, path: str) -> contextlib.AbstractContextManager[Path]:
-        return download_to_temp(self.fs, path)
+        return download_to_temp(self.fs, path, self.retry)
 
     def close(self) -> None:
         pass  # Ray Train finishes in-flight async uploads before the run completes
 
 
 @contextlib.contextmanager
-def download_to_temp(fs: Any, path: str) -> Iterator[Path]:
+def download_to_temp(fs: Any, path: str, retry: Retry = DEFAULT_RETRY) -> Iterator[Path]:
     """A checkpoint's files, all ranks' parts, in a local temp dir for the duration."""
     local = Path(tempfile.mkdtemp(prefix="trainforge-restore-"))
     try:
-        download_dir(fs, path, local)
+        download_dir(fs, path, local, retry)
         yield local
     finally:
         shutil.rmtree(local, ignore_errors=True)

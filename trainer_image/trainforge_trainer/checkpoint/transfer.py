@@ -1,72 +1,60 @@
-"""Copies between a local directory and storage, one file at a time, retried through outages.
+"""Copies between a local directory and storage, one file at a time, each retried through outages.
 
 The manifest goes last, so a checkpoint directory on storage never holds a manifest before the
-files it lists. pyarrow retries single S3 requests; tenacity here rides out an endpoint that
-refuses connections for longer (a restarting MinIO, a network blip)."""
+files it lists. pyarrow retries single S3 requests for a few seconds; `Retry` (the spec's
+retryWindowSeconds) rides out an endpoint that refuses connections for longer (a restarting MinIO,
+a network blip) and fails fast on access denied or a missing bucket (see trainforge.checkpoints.retry)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
-from tenacity import before_sleep_log, retry, retry_if_exception_type, stop_after_delay, wait_exponential
 from trainforge.checkpoints import MANIFEST
+from trainforge.checkpoints.retry import Retry
 
 log = logging.getLogger("trainforge.checkpoint")
-RETRY_FOR_S = float(os.environ.get("TRAINFORGE_STORAGE_RETRY_S", "300"))
 _CHUNK = 64 << 20  # few large requests: S3 charges (and some servers slow down) per request
-
-_retrying = retry(
-    stop=stop_after_delay(RETRY_FOR_S),
-    wait=wait_exponential(multiplier=0.5, max=10),
-    retry=retry_if_exception_type(OSError),
-    before_sleep=before_sleep_log(log, logging.WARNING),
-    reraise=True,
-)
+DEFAULT_RETRY = Retry()
 
 
-@_retrying
 def _put(src: Path, fs: Any, dst: str) -> None:
     with open(src, "rb") as fin, fs.open_output_stream(dst) as fout:
         shutil.copyfileobj(fin, fout, _CHUNK)
 
 
-@_retrying
 def _get(fs: Any, src: str, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with fs.open_input_stream(src) as fin, open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, _CHUNK)
 
 
-@_retrying
-def _mkdir(fs: Any, path: str) -> None:
-    fs.create_dir(path, recursive=True)
-
-
-@_retrying
-def _walk(fs: Any, path: str) -> list[Any]:
-    return fs.get_file_info(pafs.FileSelector(path, recursive=True))
-
-
-def upload_dir(local: Path, fs: Any, dest: str) -> None:
+def upload_dir(local: Path, fs: Any, dest: str, retry: Retry = DEFAULT_RETRY) -> None:
     """Every file under `local` to `dest` on `fs`; the top-level manifest, if any, last."""
     files = sorted(p for p in local.rglob("*") if p.is_file())
     manifest = local / MANIFEST
     ordered = [p for p in files if p != manifest] + ([manifest] if manifest in files else [])
-    _mkdir(fs, dest)
+    retry.call(f"creating {dest}", fs.create_dir, dest, recursive=True)
     for path in ordered:
         rel = path.relative_to(local).as_posix()
         if "/" in rel:
-            _mkdir(fs, f"{dest}/{rel.rsplit('/', 1)[0]}")
-        _put(path, fs, f"{dest}/{rel}")
+            parent = f"{dest}/{rel.rsplit('/', 1)[0]}"
+            retry.call(f"creating {parent}", fs.create_dir, parent, recursive=True)
+        retry.call(f"uploading {dest}/{rel}", _put, path, fs, f"{dest}/{rel}")
 
 
-def download_dir(fs: Any, src: str, local: Path) -> None:
+def download_dir(fs: Any, src: str, local: Path, retry: Retry = DEFAULT_RETRY) -> None:
+    """Every file under `src` into `local`. Keys are untrusted: one whose name would leave `local`
+    (`..`, an absolute part) is skipped and reported."""
     root = src.rstrip("/")
-    for info in _walk(fs, root):
-        if info.type == pafs.FileType.File:
-            _get(fs, info.path, local / info.path[len(root) + 1:])
+    for info in retry.call(f"listing {root}", fs.get_file_info, pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(root) + 1:]
+        if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+            log.warning("skipping %r under %s: not a path inside the checkpoint", info.path, root)
+            continue
+        retry.call(f"downloading {info.path}", _get, fs, info.path, local / rel)

@@ -1,0 +1,66 @@
+"""Stops that used to come too late: a suspend of a job whose steps are slow, with reports far apart.
+
+Stop requests were read only every `logEverySteps`; with slow steps the suspend's grace ran out and
+the attempt was SIGKILLed with no checkpoint. Here `logEverySteps` (1000) is beyond the run's end,
+the operator gives a suspending attempt 2 s before it deletes the RayJob, and the pods' grace is
+4 s (about 15 steps): the stop must be read at the next step, and the emergency checkpoint is taken
+at the step training stopped at."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.faults.operator_setup import (
+    checkpoints,
+    cluster,  # noqa: F401  (the operator + KubeRay stand-in fixture)
+    digits_job,
+    explained,
+    record,
+    since,
+    wait_status,
+)
+from tests.support.kube import Kube
+from tests.support.kuberay_standin import KubeRayStandIn
+
+pytestmark = pytest.mark.usefixtures("ray_session", "rbac_checked")
+TJ = "trainforge.dev/v1alpha1"
+SUSPEND_GRACE_S, POD_GRACE_S, PAUSE_S = 2, 4, 0.25
+
+
+@pytest.fixture
+def short_suspend_grace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Before `cluster` starts the operator, which reads its settings once."""
+    monkeypatch.setenv("TRAINFORGE_SUSPEND_GRACE_S", str(SUSPEND_GRACE_S))
+    yield
+
+
+def test_a_suspend_with_slow_steps_checkpoints_within_the_grace(
+        short_suspend_grace: None, kube: Kube, cluster: KubeRayStandIn,  # noqa: F811
+        bucket: str, moto_endpoint: str) -> None:
+    doc = digits_job("slow", bucket, moto_endpoint, pause_s=PAUSE_S, maxSteps=400,
+                     terminationGracePeriodSeconds=POD_GRACE_S)
+    doc["spec"]["logEverySteps"] = 1000  # 1000 x 0.25 s: far beyond the grace
+    doc["spec"]["checkpoint"].update(everySteps=5, everyEpoch=False)
+    with explained(cluster):
+        kube.create(doc)
+        first = cluster.attempt("default", "slow-a1")
+        st = wait_status(kube, "slow", "a first checkpoint", lambda s: s.get("latestCheckpoint"))
+        started = time.monotonic()
+        kube.patch(TJ, "trainingjobs", "default", "slow", {"spec": {"suspend": True}})
+        st = wait_status(kube, "slow", "Suspended", lambda s: s.get("phase") == "Suspended", 90)
+        suspended_s = since(started)
+        code = first.process.wait(30)
+        saved = checkpoints(bucket, moto_endpoint, "slow")
+        stopped_at = st["progress"]["step"]  # the attempt's last report: where it stopped
+        assert saved[-1] == (stopped_at, "preempted"), saved  # the emergency checkpoint, at the stop
+        assert code == 75 and st["outcome"]["result"] == "preempted"  # it ended itself, not SIGKILLed
+        assert suspended_s < SUSPEND_GRACE_S + POD_GRACE_S + 10
+        last_periodic = max(step for step, reason in saved if reason == "interval")
+        record("suspend with slow steps", fault="spec.suspend, 0.25 s steps, logEverySteps 1000, grace 2 + 4 s",
+               outcome="Suspended with an emergency checkpoint", stopped_at_step=stopped_at,
+               checkpoint_step=saved[-1][0], steps_lost=stopped_at - saved[-1][0],
+               steps_a_periodic_checkpoint_would_lose=stopped_at - last_periodic,
+               time_to_checkpointed_stop_s=suspended_s)
