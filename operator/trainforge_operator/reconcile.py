@@ -35,7 +35,8 @@ class Decision:
 
 
 def timing(settings: OperatorSettings) -> Timing:
-    return Timing(settings.suspend_grace_s, settings.head_lost_grace_s, settings.resync_s, settings.fence_wait_s)
+    return Timing(suspend_grace_s=settings.suspend_grace_s, head_lost_grace_s=settings.head_lost_grace_s,
+                  resync_s=settings.resync_s, fence_wait_s=settings.fence_wait_s)
 
 
 def reconcile(obs: Observed, settings: OperatorSettings) -> Decision:

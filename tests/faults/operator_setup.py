@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,8 @@ from trainforge.checkpoints import list_checkpoints, resolve_storage
 
 from tests.integration.test_operator_e2e import cluster, digits_job, resumed_step, status, wait_status
 
-__all__ = ["checkpoints", "cluster", "digits_job", "explained", "record", "resumed_step", "status", "wait_status"]
+__all__ = ["checkpoints", "cluster", "digits_job", "explained", "record", "resumed_step", "say", "status",
+           "wait_status"]
 
 
 def checkpoints(bucket: str, endpoint: str, run: str) -> list[tuple[int, str]]:
@@ -27,8 +29,13 @@ def checkpoints(bucket: str, endpoint: str, run: str) -> list[tuple[int, str]]:
 def record(case: str, **figures: Any) -> dict[str, Any]:
     """Print the case's measured figures (steps lost, time to recover, ...) as one JSON line."""
     line = {"case": case, **{k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}}
-    print(f"FAULT-RESULT {json.dumps(line)}", flush=True)
+    say(f"FAULT-RESULT {json.dumps(line)}")
     return line
+
+
+def say(text: str) -> None:
+    """To fd 1: kopf's runner swaps sys.stdout while the operator runs (pytest -s shows fd 1)."""
+    os.write(1, f"{text}\n".encode())
 
 
 def since(started: float) -> float:

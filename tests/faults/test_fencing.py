@@ -54,7 +54,7 @@ def test_a_recreated_job_is_fenced_from_the_old_attempt_and_refuses_its_checkpoi
     taking = digits_job("again", bucket, moto_endpoint, epochs=3)
     taking["spec"]["checkpoint"]["resumeFrom"] = newest
     kube.create(taking)
-    taken = cluster.attempt("default", "again-a1", timeout=60)
+    taken = this_incarnations_attempt(kube, cluster, "again-a1")
     assert resumed_step(taken, kube) == kept[-1][0]  # the step the old job checkpointed: nothing lost
     st = wait_status(kube, "again", "Succeeded", lambda s: s.get("phase") in ("Succeeded", "Failed"), 180)
     assert st["phase"] == "Succeeded" and st["progress"]["step"] == 60, st
@@ -63,14 +63,22 @@ def test_a_recreated_job_is_fenced_from_the_old_attempt_and_refuses_its_checkpoi
 def test_the_same_name_and_storage_in_two_namespaces_never_share_a_run(
         kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
     kube.create(in_namespace(digits_job("twin", bucket, moto_endpoint, maxSteps=10), "team-a"))
-    st = wait_status_in(kube, "team-a", "twin", lambda s: s.get("phase") in ("Succeeded", "Failed"), 150)
+    st = wait_status_in(kube, "team-a", "twin", lambda s: s.get("phase") in ("Succeeded", "Failed"), 400)
     assert st["phase"] == "Succeeded", st
     before = checkpoints(bucket, moto_endpoint, "twin")
     kube.create(in_namespace(digits_job("twin", bucket, moto_endpoint, maxSteps=20), "team-b"))
-    st = wait_status_in(kube, "team-b", "twin", lambda s: s.get("phase") in ("Succeeded", "Failed"), 120)
+    st = wait_status_in(kube, "team-b", "twin", lambda s: s.get("phase") in ("Succeeded", "Failed"), 300)
     assert st["phase"] == "Failed" and st["reason"] == "RunRefused" and "team-a/twin" in st["message"], st
     assert checkpoints(bucket, moto_endpoint, "twin") == before  # nothing resumed, pruned or added
     record("same name and storage in two namespaces", outcome="second job refused (RunRefused)", checkpoints_lost=0)
+
+
+def this_incarnations_attempt(kube: Kube, cluster: KubeRayStandIn, name: str) -> Any:
+    """The stand-in's attempt of the RayJob `name` that exists now (not a deleted namesake's)."""
+    uid = kube.wait_for(lambda: kube.exists("ray.io/v1", "rayjobs", "default", name)
+                        and kube.get("ray.io/v1", "rayjobs", "default", name)["metadata"]["uid"], 60, f"RayJob {name}")
+    return kube.wait_for(lambda: (a := cluster.attempts.get(("default", name))) is not None and a.uid == uid and a,
+                         60, f"the stand-in to start {name}")
 
 
 def wait_status_in(kube: Kube, namespace: str, name: str, predicate: Any, timeout: float) -> dict[str, Any]:

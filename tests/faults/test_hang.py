@@ -31,16 +31,19 @@ HANG_AT_MICRO = 13  # rank 1's 13th micro-batch: step 13 (epoch 2 of 10 steps ea
 def test_a_hung_rank_fails_the_attempt_fast_with_stacks_and_the_next_resumes(
         kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str, tmp_path: Path) -> None:  # noqa: F811
     marker = tmp_path / "hung"
-    doc = digits_job("hung", bucket, moto_endpoint, epochs=2, workers=2, hangTimeoutSeconds=HANG_TIMEOUT_S,
+    doc = digits_job("hung", bucket, moto_endpoint, epochs=2, hangTimeoutSeconds=HANG_TIMEOUT_S,
                      restartPolicy={"maxWorkerFailures": 0})  # the attempt fails; the job restarts it
+    doc["spec"]["workers"] = 2
     doc["spec"]["task"]["args"].update(hang_at_micro=HANG_AT_MICRO, hang_rank=1, hang_marker=str(marker))
-    doc["spec"]["checkpoint"].update(everyEpoch=False)
+    # Blocking saves: an async one is committed only at the next check step (logEverySteps), and
+    # the step-10 save would still be uncommitted when rank 1 hangs in step 13.
+    doc["spec"]["checkpoint"].update({"everyEpoch": False, "async": False})
     with explained(cluster):
         kube.create(doc)
         first = cluster.attempt("default", "hung-a1")
-        kube.wait_for(marker.exists, 150, "rank 1 to hang")
+        kube.wait_for(marker.exists, 300, "rank 1 to hang")
         hung_at = time.monotonic()
-        st = wait_status(kube, "hung", "attempt 2", lambda s: s.get("attempt") == 2, 90)
+        st = wait_status(kube, "hung", "attempt 2", lambda s: s.get("attempt") == 2, 120)
         assert first.process.wait(30) == 1
         failed_s = time.monotonic() - hung_at
         assert (st["restarts"], st["preemptions"]) == (1, 0) and st["outcome"]["result"] == "failed"
@@ -52,7 +55,7 @@ def test_a_hung_rank_fails_the_attempt_fast_with_stacks_and_the_next_resumes(
         last_checkpoint = max(step for step, _ in checkpoints(bucket, moto_endpoint, "hung"))
 
         second = cluster.attempt("default", "hung-a2")
-        resumed = resumed_step(second, kube)
+        resumed = resumed_step(second, kube, timeout=300)  # a fresh Ray Train start: slow on a busy 2-core box
         recovered_s = time.monotonic() - hung_at
         assert resumed == last_checkpoint == 10
         st = wait_status(kube, "hung", "Succeeded", lambda s: s.get("phase") in ("Succeeded", "Failed"), 180)

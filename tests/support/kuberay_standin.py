@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+UNSCHEDULABLE = "standin.trainforge.dev/unschedulable"
+"""A worker nodeSelector key no node of the stand-in has: its pods are never scheduled."""
 
 
 class PodLog(Protocol):
@@ -63,6 +65,11 @@ class Attempt:
     submitter: str = ""
     log_sent: int = 0
     log_closed: bool = False
+    partitioned: bool = False
+    """Its head's node stopped reporting (`partition_head`): deleting the RayJob reaches nothing."""
+    uid: str = ""
+    """The RayJob's uid: a RayJob deleted and created again under its name is another attempt, as
+    KubeRay tells them apart."""
 
 
 @dataclass
@@ -91,6 +98,8 @@ class KubeRayStandIn:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kuberay-standin", daemon=True)
         self.errors: list[str] = []
+        self.cut_off: list[Attempt] = []
+        """Attempts deleted while partitioned: still running, unreachable (`heal` ends them)."""
         self._pods_lock = threading.Lock()
 
     def __enter__(self) -> KubeRayStandIn:
@@ -100,7 +109,7 @@ class KubeRayStandIn:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        for attempt in self.attempts.values():
+        for attempt in [*self.attempts.values(), *self.cut_off]:
             _terminate(attempt.process, 5)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -120,6 +129,8 @@ class KubeRayStandIn:
             meta = rayjob["metadata"]
             key = (meta["namespace"], meta["name"])
             present.add(key)
+            if key in self.attempts and self.attempts[key].uid != meta.get("uid"):
+                self._gone(self.attempts.pop(key))  # the one we ran was deleted between two passes
             if key not in self.attempts and not (rayjob.get("status") or {}).get("jobDeploymentStatus"):
                 self._start(rayjob)
             elif key in self.attempts:
@@ -132,22 +143,42 @@ class KubeRayStandIn:
     def _start(self, rayjob: dict[str, Any]) -> None:
         meta, spec = rayjob["metadata"], rayjob["spec"]
         cluster = f"{meta['name']}-raycluster"
+        workers = spec["rayClusterSpec"].get("workerGroupSpecs") or [{}]
+        if UNSCHEDULABLE in ((workers[0].get("template") or {}).get("spec") or {}).get("nodeSelector", {}):
+            return self._start_unschedulable(rayjob, cluster)
         self._patch(meta, {"jobDeploymentStatus": "Initializing", "rayClusterName": cluster, "jobId": meta["name"],
                            "startTime": _now()})
         head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
         env = {**os.environ, **self.extra_env, **self._container_env(meta["namespace"], head)}
         if self.ray_address:
             env["RAY_ADDRESS"] = self.ray_address
-        log_path = self.log_dir / f"{meta['namespace']}-{meta['name']}.log"
+        log_path = self.log_dir / f"{meta['namespace']}-{meta['name']}-{meta.get('uid', '')[:8]}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen([sys.executable, *shlex.split(spec["entrypoint"])[1:]], env=env,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         grace = float(head["spec"].get("terminationGracePeriodSeconds", 30))
-        attempt = Attempt(meta["namespace"], meta["name"], cluster, process, log_path, grace)
+        attempt = Attempt(meta["namespace"], meta["name"], cluster, process, log_path, grace, uid=meta.get("uid", ""))
         attempt.pods = self._create_pods(rayjob, cluster)
         attempt.submitter = self._create_submitter(rayjob)
         self.attempts[(meta["namespace"], meta["name"])] = attempt
         self._patch(meta, {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"})
+
+    def _start_unschedulable(self, rayjob: dict[str, Any], cluster: str) -> None:
+        """No node fits the workers (the nodeSelector names UNSCHEDULABLE): the head runs, the worker
+        pods stay Pending with the scheduler's reason, and the Ray job never starts."""
+        meta = rayjob["metadata"]
+        self._patch(meta, {"jobDeploymentStatus": "Initializing", "rayClusterName": cluster, "startTime": _now()})
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
+        attempt = Attempt(meta["namespace"], meta["name"], cluster, process, self.log_dir / "unscheduled.log", 1.0,
+                          uid=meta.get("uid", ""), finished=True)
+        attempt.pods = self._create_pods(rayjob, cluster)
+        for name in attempt.pods:
+            if not name.endswith("-head"):
+                self.core.patch_namespaced_pod_status(name, meta["namespace"], {"status": {
+                    "phase": "Pending", "conditions": [{
+                        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."}]}})
+        self.attempts[(meta["namespace"], meta["name"])] = attempt
 
     def _watch(self, attempt: Attempt) -> None:
         if attempt.finished:
@@ -181,6 +212,9 @@ class KubeRayStandIn:
         attempt.log_closed = done
 
     def _gone(self, attempt: Attempt) -> None:
+        if attempt.partitioned:  # no kubelet to stop it: the process runs on, its pods stay listed
+            self.cut_off.append(attempt)
+            return
         _terminate(attempt.process, attempt.grace_s)
         self._delete_pods(attempt)
 
@@ -200,6 +234,22 @@ class KubeRayStandIn:
         attempt.finished = True  # KubeRay would not notice
         _terminate(attempt.process, 0)
         self._delete_pods(attempt, heads_only=True)
+
+    def partition_head(self, attempt: Attempt) -> None:
+        """The head's node stops reporting (a network partition): the node controller marks its pod
+        Unknown; the driver on it keeps running, and a deletion never reaches it until `heal`."""
+        attempt.partitioned = True
+        for name in attempt.pods:
+            if name.endswith("-head"):
+                self.core.patch_namespaced_pod_status(name, attempt.namespace, {"status": {"phase": "Unknown"}})
+
+    def heal(self, attempt: Attempt) -> None:
+        """The partition ends (or the node is removed): what was cut off is stopped and goes."""
+        attempt.partitioned = False
+        _terminate(attempt.process, attempt.grace_s)
+        self._delete_pods(attempt)
+        if attempt in self.cut_off:
+            self.cut_off.remove(attempt)
 
     def evict_pod(self, attempt: Attempt, pod_name: str, reason: str = "EvictionByEvictionAPI") -> Eviction:
         """The kubelet evicting one pod: DisruptionTarget, the preStop hook (bounded by the pod's

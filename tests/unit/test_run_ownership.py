@@ -138,3 +138,10 @@ def test_retention_never_prunes_another_jobs_checkpoints(tmp_path: Path) -> None
     Retention(keep=1).apply(LOCAL, str(run), owner=B1)
     status = {e.step: e.manifest.status for e in list_checkpoints(LOCAL, str(run), check=False)}  # type: ignore[union-attr]
     assert status == {1: "complete", 2: "complete", 3: "complete", 4: "pruned", 5: "complete"}
+
+
+def test_a_resume_from_that_is_no_checkpoint_is_refused_before_workers_start(tmp_path: Path) -> None:
+    target = resolve_storage(str(tmp_path))
+    missing = spec(checkpoint={"resumeFrom": str(tmp_path / "other" / "checkpoint_000000001_0")})
+    with pytest.raises(RunOwnershipError, match=r"spec\.checkpoint\.resumeFrom: .* is no checkpoint"):
+        claim_run(target, "exp", missing, A1)

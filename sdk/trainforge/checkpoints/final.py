@@ -21,7 +21,7 @@ class FinalResult:
     """Name of the checkpoint holding the final weights (the run's newest when it finished)."""
     step: int
     metrics: dict[str, Any] = field(default_factory=dict)
-    owner: dict[str, str] = field(default_factory=dict)
+    owner: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: Any) -> FinalResult:

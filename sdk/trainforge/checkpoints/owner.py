@@ -48,9 +48,10 @@ class RunOwner:
                 (self.uid, self.namespace, self.name)
         return (other.uid, other.namespace, other.name) == (self.uid, self.namespace, self.name)
 
-    def manifest_owner(self) -> dict[str, str]:
-        """What each checkpoint's manifest records of its writer."""
-        return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+    def manifest_owner(self) -> dict[str, Any]:
+        """What each checkpoint's manifest records of its writer (the attempt, for forensics: which
+        attempt wrote what when two ran at once)."""
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid, "attempt": self.attempt}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

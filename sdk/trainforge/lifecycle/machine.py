@@ -178,9 +178,10 @@ class Lifecycle:
             self.status.reason, self.status.message = Reason.WAITING_FOR_PREVIOUS.value, message
             self.requeue(min(2.0, timing.fence_wait_s - waited))
             return True
-        self.event(EventType.WARNING, Reason.WAITING_FOR_PREVIOUS,
-                   f"attempt {self.attempt} starts although {what} is still there after {int(waited)} s; "
+        message = (f"attempt {self.attempt} starts although {what} is still there after {int(waited)} s; "
                    "the run's owner record stops the earlier attempt's writes")
+        self.event(EventType.WARNING, Reason.WAITING_FOR_PREVIOUS, message)
+        self.status.message = message
         return False
 
     def _running(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trainforge.checkpoints import CheckpointEntry, StorageTarget, list_checkpoints
 from trainforge.checkpoints.final import FinalResult, read_result
+from trainforge.checkpoints.manifest import read_manifest
 from trainforge.checkpoints.owner import (
     Claim,
     RunOwner,
@@ -65,7 +67,7 @@ def claim_run(target: StorageTarget, run_name: str, spec: TrainingJobSpec, me: R
     owner = write_owner(fs, run_path, RunOwner(me.name, me.namespace, me.uid, me.attempt, spec_hash(spec)))
     own = [e for e in complete if not e.manifest.owner or me.same_job(e.manifest.owner)]  # type: ignore[union-attr]
     if not own:
-        return RunClaim(owner, init_from=spec.checkpoint.resume_from)
+        return RunClaim(owner, init_from=resume_path(fs, spec))
     newest = own[-1]
     changes = spec_changes(newest.manifest.spec, spec_dict(spec))  # type: ignore[union-attr]
     check_compatible(uri, newest, changes)
@@ -73,6 +75,23 @@ def claim_run(target: StorageTarget, run_name: str, spec: TrainingJobSpec, me: R
     done = final is not None and final.checkpoint == newest.name and (not final.owner or me.same_job(final.owner))
     finished = done and not any(c.startswith(LENGTH) for c in changes)
     return RunClaim(owner, finished=final if finished else None)
+
+
+def resume_path(fs: Any, spec: TrainingJobSpec) -> str | None:
+    """spec.checkpoint.resumeFrom as a path on the run's filesystem, once it is seen to be a checkpoint."""
+    uri = spec.checkpoint.resume_from
+    if uri is None:
+        return None
+    path = uri.split("://", 1)[1] if "://" in uri else str(Path(uri).expanduser().resolve())
+    try:
+        manifest = read_manifest(fs, path.rstrip("/"))
+    except ValueError as exc:
+        raise RunOwnershipError(f"spec.checkpoint.resumeFrom: {uri} has an unreadable manifest: {exc}") from None
+    if manifest is None or manifest.status != "complete":
+        state = "no checkpoint" if manifest is None else f"a {manifest.status} checkpoint"
+        raise RunOwnershipError(f"spec.checkpoint.resumeFrom: {uri} is {state}; name a complete one "
+                                "(`trainforge checkpoints NAME` lists them)")
+    return path.rstrip("/")
 
 
 def check_compatible(uri: str, newest: CheckpointEntry, changes: list[str]) -> None:

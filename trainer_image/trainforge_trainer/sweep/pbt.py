@@ -23,6 +23,8 @@ from trainforge.spec import TrainingJobSpec
 
 from ..checkpoint.state import scalars
 from .space import trial_spec
+from .start import fit_within_start_bound
+from .trial import trial_callbacks
 
 POINTER = "trainforge-pointer.json"
 TAKEOVER = "-x"
@@ -58,7 +60,8 @@ def owns(trial_id: str, run: str) -> bool:
     return run == trial_id or run.startswith(f"{trial_id}{TAKEOVER}")
 
 
-def run_pbt_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: StorageTarget) -> None:
+def run_pbt_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: StorageTarget,
+                  registry: Any = None) -> None:
     import ray.tune
     from ray.util.queue import Empty, Queue
 
@@ -67,15 +70,16 @@ def run_pbt_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: 
     sweep_spec = TrainingJobSpec.model_validate(spec_json)
     assert sweep_spec.tune is not None
     spec = trial_spec(sweep_spec, config)
-    run_name, init_from = start_point(ray.tune.get_context().get_trial_id())
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_name, init_from = start_point(trial_id)
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = make_trainer(spec, run_name, trials, [ForwardCheckpoints(queue, sweep_spec.tune.metric)],
-                           init_from=init_from)
+    trainer = make_trainer(spec, run_name, trials, [ForwardCheckpoints(queue, sweep_spec.tune.metric),
+                                                    *trial_callbacks(registry, trial_id)], init_from=init_from)
     outcome: dict[str, BaseException] = {}
 
     def fit() -> None:
         try:
-            trainer.fit()
+            fit_within_start_bound(trainer, spec, trial_id, sweep_spec.tune.trial_start_timeout_seconds)
         except BaseException as exc:  # re-raised on the trial's own thread below
             outcome["error"] = exc
 

@@ -20,6 +20,7 @@ from trainforge.spec.status import TuneBest, TuneStatus
 from .build import make_scheduler, make_search
 from .pbt import owns, prune_trial_runs, run_pbt_trial
 from .plan import DRIVER_CPU, plan_sweep
+from .release import start_registry
 from .space import param_space, plain
 from .trial import run_trial, trials_target
 
@@ -45,6 +46,9 @@ class SweepOutcome:
     trials: list[TrialRow] = field(default_factory=list)
     best: TuneBest | None = None
     resumed: bool = False
+    released: list[tuple[str, str]] = field(default_factory=list)
+    """(trial, placement group id) of groups that stopped trials' Train runs left behind and the
+    sweep removed."""
 
     @property
     def status(self) -> TuneStatus:
@@ -73,8 +77,10 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
                     plan.requested, plan.concurrent, plan.cpus_per_trial, plan.gpus_per_trial, plan.concurrent)
     trials = trials_target(target, name)
     driver = run_pbt_trial if cfg.scheduler.type == "pbt" else run_trial
+    registry = start_registry()  # removes what a stopped trial's Train run left behind (release.py)
     trainable = tune.with_resources(
-        functools.partial(driver, spec_json=spec.model_dump(mode="json", by_alias=True), trials=trials),
+        functools.partial(driver, spec_json=spec.model_dump(mode="json", by_alias=True), trials=trials,
+                          registry=registry),
         {"cpu": DRIVER_CPU})
     remote = not target.uri.startswith("/")
     fs = target.filesystem if remote else None
@@ -100,12 +106,24 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
             grid = tuner.fit()
     finally:
         _listener.clear()
+        released = _released(registry)
+        ray.kill(registry)
     outcome = summarise(grid, spec, name, trials)
+    outcome.released = released
     outcome.resumed = resumed
     if cfg.scheduler.type == "pbt":
         prune_trial_runs(spec, trials, [t.checkpoint for t in outcome.trials if t.checkpoint])
     save_outcome(outcome, target)
     return outcome
+
+
+def _released(registry: Any) -> list[tuple[str, str]]:
+    import ray
+
+    try:
+        return [tuple(r) for r in ray.get(registry.released.remote(), timeout=10)]  # type: ignore[misc]
+    except Exception:  # only a record; the sweep's results stand
+        return []
 
 
 _listener: list[Callable[[str, dict[str, Any]], None]] = []

@@ -12,7 +12,9 @@ from trainforge.checkpoints import StorageTarget
 from trainforge.spec import TrainingJobSpec
 
 from ..checkpoint.state import scalars
+from .release import RegisterWorkerGroup
 from .space import trial_spec
+from .start import fit_within_start_bound
 
 TRIALS_DIR = "trials"
 
@@ -35,7 +37,8 @@ def trials_target(sweep: StorageTarget, sweep_name: str) -> StorageTarget:
     return dataclasses.replace(sweep, uri=sweep.run_uri(sub), path=sweep.run_path(sub))
 
 
-def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: StorageTarget) -> None:
+def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: StorageTarget,
+              registry: Any = None) -> None:
     import ray.tune
 
     from ..callbacks import RetentionCallback
@@ -46,9 +49,16 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: Stor
     spec = trial_spec(sweep_spec, config)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = make_trainer(spec, trial_id, trials,
-                           [ForwardEvaluations(sweep_spec.tune.metric), RetentionCallback(spec.checkpoint)])
-    trainer.fit()
+                           [ForwardEvaluations(sweep_spec.tune.metric), RetentionCallback(spec.checkpoint),
+                            *trial_callbacks(registry, trial_id)])
+    trainer.fit()  # REVERT-CHECK
     wait_for_forwarded_reports()
+
+
+def trial_callbacks(registry: Any, trial_id: str) -> list[Any]:
+    """The sweep's registry gets the trial's worker placement group, to remove it if the trial is
+    stopped before its Train run could (see release.py)."""
+    return [RegisterWorkerGroup(registry, trial_id)] if registry is not None else []
 
 
 REPORT_DRAIN_TIMEOUT_S = 60.0
