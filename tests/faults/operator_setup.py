@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from trainforge.checkpoints import list_checkpoints, resolve_storage
 from tests.integration.test_operator_e2e import cluster, digits_job, resumed_step, status, wait_status
 
 __all__ = ["checkpoints", "cluster", "digits_job", "explained", "record", "resumed_step", "say", "status",
-           "wait_status"]
+           "stopped_step", "wait_status"]
 
 
 def checkpoints(bucket: str, endpoint: str, run: str) -> list[tuple[int, str]]:
@@ -36,6 +37,13 @@ def record(case: str, **figures: Any) -> dict[str, Any]:
 def say(text: str) -> None:
     """To fd 1: kopf's runner swaps sys.stdout while the operator runs (pytest -s shows fd 1)."""
     os.write(1, f"{text}\n".encode())
+
+
+def stopped_step(attempt: Any) -> int | None:
+    """The step a preempted attempt's loop stopped at: its last report, as Ray Train logs it."""
+    found = re.findall(r"'step': (\d+), 'total_steps': \d+, 'done': False, 'preempted': True",
+                       attempt.log_path.read_text(errors="replace"))
+    return int(found[-1]) if found else None
 
 
 def since(started: float) -> float:

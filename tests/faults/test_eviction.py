@@ -22,6 +22,7 @@ from tests.faults.operator_setup import (
     resumed_step,
     say,
     since,
+    stopped_step,
     wait_status,
 )
 from tests.support.kube import Kube
@@ -52,7 +53,7 @@ def evict_and_resume(kube: Kube, standin: KubeRayStandIn, bucket: str, endpoint:
     # driver along once the hook returns: by then it has written its outcome (the flag actor goes last).
     assert code == (75 if pod_suffix != "head" else -9), first.log_path.read_text()[-3000:]
     assert (st["preemptions"], st["restarts"]) == (1, 0) and st["outcome"]["result"] == "preempted"
-    stopped_at = st["progress"]["step"]  # attempt 1's last report: the step it stopped after
+    stopped_at = stopped_step(first)  # attempt 1's last report: the step its loop stopped after
     saved = checkpoints(bucket, endpoint, name)
     assert saved == [(stopped_at, "preempted")]
 

@@ -75,6 +75,7 @@ def test_optuna_search_keeps_to_max_concurrent(tmp_path: Path) -> None:
     assert timeline.peak <= 2
 
 
+@pytest.mark.slow  # ~2 min on 2 cores: `make test-slow`
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     doc = sweep_doc("resume", 2, numSamples=3, maxConcurrent=1)
     job = tmp_path / "sweep.yaml"
@@ -143,6 +144,7 @@ def manifests(trials: Path) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+@pytest.mark.slow  # ~4 min on 2 cores: `make test-slow`
 def test_pbt_exploits_and_the_exploiting_trial_restores_the_donor_checkpoint(tmp_path: Path) -> None:
     doc = sweep_doc("pbt", 6, numSamples=4, maxConcurrent=4,
                     space={"optimizer.lr": {"loguniform": [1e-5, 1e-2]}},

@@ -226,7 +226,7 @@ class Kube:
         """Poll until the predicate returns something truthy (and return it); API errors count as not yet."""
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(KubeApiError):
+            with contextlib.suppress(KubeApiError, TimeoutError):  # TimeoutError: the emulator was busy
                 if result := predicate():
                     return result
             if time.monotonic() > deadline:

@@ -14,6 +14,7 @@ from trainforge.spec import CheckpointConfig, TrainingJobSpec
 from .kube_status import BestTracker, RateLimiter, StatusWriter, progress_patch
 
 log = logging.getLogger("trainforge.checkpoint")
+FINAL_FLUSH_S = 10.0
 
 
 class RetentionCallback(UserCallback):
@@ -72,9 +73,15 @@ class StatusCallback(UserCallback):
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
             self.best.offer(self.latest, int(report.get("step", 0)), report, checkpoint)
-        if not self.limiter.ready(force=checkpoint is not None or bool(report.get("done"))):
+        if not self.limiter.ready(force=checkpoint is not None or bool(report.get("done") or report.get("preempted"))):
             return
         self.writer.patch(progress_patch(self.metrics, self.latest, self.best.best))
+        if report.get("done") or report.get("preempted"):
+            # The run's last report: the controller goes soon after, and the writer's thread with it.
+            # Bounded, so a hung API server delays the end by seconds, not for good.
+            flush = getattr(self.writer, "flush", None)
+            if flush is not None:
+                flush(FINAL_FLUSH_S)
         fenced = bool(getattr(self.writer, "fenced", False))
         if (self.writer.suspend_requested or fenced) and self.preempt_flag is not None and not self.asked_to_stop:
             # Fenced: the job moved on to a later attempt or was re-created; this attempt's checkpoint

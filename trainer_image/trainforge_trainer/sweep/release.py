@@ -1,6 +1,7 @@
 """Give a stopped trial's Train resources back, without Ray's PlacementGroupCleaner.
 
-When a scheduler stops a trial early, Tune drops the trial actor; its Train controller dies with it
+When a scheduler stops a trial (early, or at maxT: ASHA stops a trial on its maxT result, racing
+its Train run's own end - hence "intermittent"), Tune drops the trial actor; its Train controller dies with it
 (fate-sharing) and never removes its worker placement group, which is scoped to the job, not to the
 controller. Ray 2.60 leaves that removal to a detached `PlacementGroupCleaner` that asks the state
 API (the dashboard) whether the controller is alive. Its address lookup guesses the cluster from
@@ -16,6 +17,7 @@ registered and did not remove itself. The registry is owned by the sweep driver 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -136,9 +138,14 @@ class RegisterWorkerGroup(ControllerCallback, WorkerGroupCallback):
         ray.get(self.registry.record.remote(self.trial, self._controller_id, self._controller, group))
 
     async def before_controller_shutdown(self) -> None:
-        await self.registry.forget.remote(self._controller_id)
+        from ray.exceptions import RayActorError
+
+        with contextlib.suppress(RayActorError):  # the registry ends with the sweep: nothing to forget
+            await self.registry.forget.remote(self._controller_id)
 
     def before_controller_abort(self) -> None:
         import ray
+        from ray.exceptions import RayActorError
 
-        ray.get(self.registry.forget.remote(self._controller_id))
+        with contextlib.suppress(RayActorError):
+            ray.get(self.registry.forget.remote(self._controller_id))

@@ -51,7 +51,7 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], trials: Stor
     trainer = make_trainer(spec, trial_id, trials,
                            [ForwardEvaluations(sweep_spec.tune.metric), RetentionCallback(spec.checkpoint),
                             *trial_callbacks(registry, trial_id)])
-    trainer.fit()  # REVERT-CHECK
+    fit_within_start_bound(trainer, spec, trial_id, sweep_spec.tune.trial_start_timeout_seconds)
     wait_for_forwarded_reports()
 
 
