@@ -12,7 +12,7 @@ from trainforge_operator.kube import split_observed
 from trainforge_operator.reconcile import Decision, reconcile
 from trainforge_operator.settings import OperatorSettings
 
-from tests.unit.test_reconcile import SETTINGS, T0, job
+from tests.unit.test_reconcile import SETTINGS, T0, applied, job
 
 FENCE = OperatorSettings(default_storage="s3://ckpt/runs", fence_wait_s=120)
 
@@ -20,14 +20,7 @@ FENCE = OperatorSettings(default_storage="s3://ckpt/runs", fence_wait_s=120)
 def pass_(doc: dict[str, Any], rayjobs: list[dict[str, Any]], pods: list[dict[str, Any]], at: float = 0,
           settings: OperatorSettings = FENCE) -> tuple[Decision, dict[str, Any]]:
     decision = reconcile(split_observed(doc, rayjobs, pods, T0 + timedelta(seconds=at)), settings)
-    after = copy.deepcopy(doc)
-    status = after.setdefault("status", {})
-    for key, value in decision.status.items():
-        if value is None:
-            status.pop(key, None)
-        else:
-            status[key] = value
-    return decision, after
+    return decision, applied(doc, decision)
 
 
 def with_status(rayjob: dict[str, Any], job_status: str, deployment: str) -> dict[str, Any]:

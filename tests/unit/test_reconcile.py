@@ -48,6 +48,11 @@ def step(doc: dict[str, Any], rj: dict[str, Any] | None = None, pods: tuple = ()
          settings: OperatorSettings = SETTINGS, earlier: tuple = ()) -> tuple[Decision, dict[str, Any]]:
     """One reconcile at T0 + `at` seconds; returns the decision and the job with its status applied."""
     decision = reconcile(Observed(doc, rj, T0 + timedelta(seconds=at), pods, earlier), settings)
+    return decision, applied(doc, decision)
+
+
+def applied(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """The job with the decision's status merge patch applied, as the API server would."""
     after = copy.deepcopy(doc)
     status = after.setdefault("status", {})
     for key, value in decision.status.items():
@@ -55,7 +60,7 @@ def step(doc: dict[str, Any], rj: dict[str, Any] | None = None, pods: tuple = ()
             status.pop(key, None)
         else:
             status[key] = value
-    return decision, after
+    return after
 
 
 def reasons(decision: Decision) -> list[str]:

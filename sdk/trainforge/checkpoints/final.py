@@ -7,11 +7,11 @@ or evaluating again; it counts only while the checkpoint it names is still the r
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-log = logging.getLogger("trainforge.checkpoint")
+from .owner import read_record
+
 RESULT_FILE = "result.json"
 
 
@@ -48,14 +48,4 @@ def write_result(fs: Any, run_path: str, result: FinalResult) -> None:
 
 def read_result(fs: Any, run_path: str) -> FinalResult | None:
     """The run's record; None when there is none or it does not parse (logged, never fatal)."""
-    import pyarrow.fs as pafs
-
-    path = result_path(run_path)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    try:
-        with fs.open_input_stream(path) as f:
-            return FinalResult.from_dict(json.loads(f.read().decode()))
-    except (ValueError, UnicodeDecodeError) as exc:
-        log.warning("%s is unreadable and is ignored: %s", path, exc)
-        return None
+    return read_record(fs, result_path(run_path), FinalResult.from_dict)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("trainforge.checkpoint")
 OWNER_FILE = "owner.json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,14 +104,19 @@ def owner_path(run_path: str) -> str:
 
 def read_owner(fs: Any, run_path: str) -> RunOwner | None:
     """The run's record; None when there is none or it does not parse (logged)."""
+    return read_record(fs, owner_path(run_path), RunOwner.from_dict)
+
+
+def read_record(fs: Any, path: str, parse: Callable[[Any], T]) -> T | None:
+    """A small JSON record of the run (owner, result): None when absent; one that does not parse is
+    logged and counts as absent (storage contents are untrusted, never fatal)."""
     import pyarrow.fs as pafs
 
-    path = owner_path(run_path)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     try:
         with fs.open_input_stream(path) as f:
-            return RunOwner.from_dict(json.loads(f.read().decode()))
+            return parse(json.loads(f.read().decode()))
     except (ValueError, UnicodeDecodeError) as exc:
         log.warning("%s is unreadable and is ignored: %s", path, exc)
         return None
