@@ -113,7 +113,10 @@ def one_run(i: int, args: argparse.Namespace) -> RunRow:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
     wall = time.monotonic() - start
-    shutil.rmtree(work, ignore_errors=True)
+    if hung:  # keep Ray's session logs (controllers, cleaners, GCS) for the post-mortem
+        err += f"\nRay session logs kept under {work / 'ray'}\n"
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return summarise(i, out, err, wall, hung, proc.returncode)
 
 

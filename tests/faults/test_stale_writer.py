@@ -55,5 +55,9 @@ def test_a_stale_attempt_commits_nothing_after_a_newer_one_claims_the_run(tmp_pa
     assert [e.step for e in entries] == [2, 4]  # before the claim: all there and valid; after it: none
     assert all(e.verdict.valid and e.manifest.owner["attempt"] == 1 for e in entries)  # type: ignore[union-attr]
     assert loop.state.position.step == 6  # it stopped at the first commit after the claim
+    thread = loop.watchdog._thread  # a loop that raised leaves no watchdog armed to end the process later
+    assert thread is not None
+    thread.join(3)
+    assert not thread.is_alive()
     record("stale attempt commits after a newer claim", outcome="StaleWriter at its next commit; nothing written "
            "after the claim", steps_after_claim=loop.state.position.step - reporter.step)

@@ -276,9 +276,19 @@ class Loop:
         return not stop
 
     def fit(self) -> dict[str, Any]:
-        components, state, pos = self.components, self.state, self.state.position
+        state = self.state
         self.resume()
         self.watchdog.start()  # after the restore: the first step is timed from here
+        try:  # stopped however training ends: a watchdog left armed would end the process later
+            self.train_epochs()
+        finally:
+            self.watchdog.stop()
+        if state.stop_reason == "preempted":
+            return self.stop_preempted()
+        return self.finish()
+
+    def train_epochs(self) -> None:
+        components, state, pos = self.components, self.state, self.state.position
         max_epochs = components.spec.epochs or math.ceil(components.total_steps / max(components.steps_per_epoch, 1))
         while pos.epoch < max_epochs and pos.step < components.total_steps and not state.stop_reason:
             if not self.run_epoch():
@@ -288,10 +298,6 @@ class Loop:
                 break
             if self.ckpt:
                 self.ckpt.after_epoch()
-        self.watchdog.stop()
-        if state.stop_reason == "preempted":
-            return self.stop_preempted()
-        return self.finish()
 
     def result(self, final: dict[str, Any]) -> dict[str, Any]:
         """What `fit` returns: the final report with where training ended."""

@@ -60,8 +60,16 @@ class TrialResources:
         with self._lock:
             self._watched.pop(controller_id, None)
 
-    def released(self) -> list[tuple[str, str]]:
-        """(trial, placement group id) of every group this registry had to remove."""
+    def drain(self, timeout_s: float) -> list[tuple[str, str]]:
+        """At the sweep's end: wait (bounded) until every watched controller has ended and its groups
+        are released - the last trials' actors are still going away - and return (trial, placement
+        group id) of every group this registry had to remove."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._watched:
+                    break
+            time.sleep(WATCH_INTERVAL_S / 2)
         with self._lock:
             return list(self._released)
 
@@ -70,17 +78,23 @@ class TrialResources:
             with self._lock:
                 entries = list(self._watched.items())
             for controller_id, entry in entries:
-                if not _is_dead(entry.controller):
-                    continue
-                for group in entry.groups:
-                    if _remove_if_held(group):
-                        log.warning("trial %s: its Train controller died without releasing placement group "
-                                    "%s; removed it", entry.trial, group.id.hex())
-                        with self._lock:
-                            self._released.append((entry.trial, group.id.hex()))
-                with self._lock:
-                    self._watched.pop(controller_id, None)
+                try:
+                    self._release_if_dead(controller_id, entry)
+                except Exception:  # one odd entry must not end the watch (Ray's cleaner's flaw)
+                    log.exception("trial %s: could not check its Train controller", entry.trial)
             time.sleep(WATCH_INTERVAL_S)
+
+    def _release_if_dead(self, controller_id: str, entry: _Watched) -> None:
+        if not _is_dead(entry.controller):
+            return
+        for group in entry.groups:
+            if _remove_if_held(group):
+                log.warning("trial %s: its Train controller died without releasing placement group %s; "
+                            "removed it", entry.trial, group.id.hex())
+                with self._lock:
+                    self._released.append((entry.trial, group.id.hex()))
+        with self._lock:
+            self._watched.pop(controller_id, None)
 
 
 def _is_dead(actor: Any) -> bool:
@@ -113,7 +127,8 @@ def _remove_if_held(group: Any) -> bool:
 def start_registry() -> Any:
     import ray
 
-    return ray.remote(num_cpus=0)(TrialResources).remote()
+    # threaded: record/forget calls from controllers are served while drain() waits
+    return ray.remote(num_cpus=0, max_concurrency=4)(TrialResources).remote()
 
 
 class RegisterWorkerGroup(ControllerCallback, WorkerGroupCallback):

@@ -117,11 +117,15 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
     return outcome
 
 
+DRAIN_TIMEOUT_S = 30.0
+"""How long the sweep waits, at its end, for the last stopped trials' groups to be released."""
+
+
 def _released(registry: Any) -> list[tuple[str, str]]:
     import ray
 
     try:
-        return [tuple(r) for r in ray.get(registry.released.remote(), timeout=10)]  # type: ignore[misc]
+        return [tuple(r) for r in ray.get(registry.drain.remote(DRAIN_TIMEOUT_S), timeout=DRAIN_TIMEOUT_S + 10)]
     except Exception:  # only a record; the sweep's results stand
         return []
 
