@@ -45,7 +45,9 @@ def test_resume_is_bit_exact_and_skips_a_truncated_checkpoint(tmp_path: Path) ->
     (event,) = [r for r in resumed if "resumed_from" in r]
     assert event["resumed_step"] == 7 and "checkpoint_000000014" in event["skipped_checkpoints"][0]
     assert "model.pt has" in event["skipped_checkpoints"][0]
-    assert json.loads((truncated / "manifest.json").read_text())["status"] == "corrupt"
+    # Marked corrupt with its data kept; once the resumed run saved newer checkpoints, retention
+    # removed it like any surplus one (a late shard could have made it valid in between).
+    assert json.loads((truncated / "manifest.json").read_text())["status"] in ("corrupt", "pruned")
     assert resumed[-1]["result"]["step"] == 40
     a, b = final_model(whole, 40), final_model(cut, 40)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
