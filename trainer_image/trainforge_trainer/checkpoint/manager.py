@@ -272,17 +272,9 @@ class Checkpointer:
 
     def check_owner(self) -> None:
         """All ranks: raise StaleWriter when the run is no longer this attempt's (rank 0 reads the record)."""
-        if self.owner is None:
-            return
-        why = None
-        if self.world.is_main:
-            try:
-                check_still_owner(self.store.fs, self.store.run_path, self.owner)
-            except StaleWriter as exc:
-                why = str(exc)
-        why = from_main(why)
-        if why:
-            raise StaleWriter(why)
+        if self.owner is not None:
+            owner, fs, run_path = self.owner, self.store.fs, self.store.run_path
+            same_on_all_ranks((lambda: check_still_owner(fs, run_path, owner)) if self.world.is_main else None)
 
     # ---- resuming -----------------------------------------------------------------------------
 
@@ -374,8 +366,8 @@ class Checkpointer:
 
 
 def same_on_all_ranks(compute: Callable[[], Any] | None) -> Any:
-    """Rank 0's `compute()` on every rank; when it raises, every rank raises (a storage error with its
-    own type and message), instead of the other ranks waiting for a broadcast that never comes."""
+    """Rank 0's `compute()` on every rank; when it raises, every rank raises (a storage error or a
+    stale writer with its own type and message), instead of the other ranks waiting for a broadcast that never comes."""
     if compute is None:
         value, error = from_main(None)
     else:
@@ -387,7 +379,7 @@ def same_on_all_ranks(compute: Callable[[], Any] | None) -> Any:
         from_main((value, None))
     if error is not None:
         kind, message = error
-        raise (kind if issubclass(kind, OSError) else RuntimeError)(message)
+        raise (kind if issubclass(kind, OSError | StaleWriter) else RuntimeError)(message)
     return value
 
 
