@@ -23,6 +23,7 @@ from trainforge.checkpoints.owner import (
     read_owner,
     write_owner,
 )
+from trainforge.checkpoints.retry import Retry
 from trainforge.spec import TrainingJobSpec
 
 from .state import spec_changes, spec_dict, spec_hash
@@ -54,7 +55,8 @@ def claim_run(target: StorageTarget, run_name: str, spec: TrainingJobSpec, me: R
     """Claim the run for `me` (raising StaleWriter or RunOwnershipError when it may not), then say
     where it starts from."""
     fs, run_path, uri = target.filesystem, target.run_path(run_name), target.run_uri(run_name)
-    complete = [e for e in list_checkpoints(fs, run_path, check=False) if e.complete]
+    retry = Retry.for_config(spec.checkpoint, uri)  # an outage at start-up is ridden out as at restore
+    complete = [e for e in list_checkpoints(fs, run_path, check=False, retry=retry) if e.complete]
     current = read_owner(fs, run_path) or _writer_of(complete)
     others = [e for e in complete if e.manifest and e.manifest.owner and not me.same_job(e.manifest.owner)]
     takeover = spec.checkpoint.resume_from is not None
