@@ -27,7 +27,7 @@ import copy
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp.web
 import attrs
@@ -228,17 +228,6 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def _selected(self, request: rendering.Request) -> Callable[[Obj | None], bool]:
-        labels = rules.label_selector(request.params.get("labelSelector"))
-        fields = rules.field_selector(request.params.get("fieldSelector"))
-
-        def matches(obj: Obj | None) -> bool:
-            meta = (obj or {}).get("metadata", {})
-            return (obj is not None and request.namespace in (None, meta.get("namespace"))
-                    and request.name in (None, meta.get("name")) and labels(meta.get("labels") or {})
-                    and fields(obj))
-        return matches
-
     async def _serve_fetch(self, request: rendering.Request) -> Obj:
         if request.subresource not in (None, "status"):
             fail(404, "NotFound", f"subresource {request.subresource!r} is not served by the emulator")
@@ -246,14 +235,14 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
 
     async def _serve_list(self, request: rendering.Request) -> Obj:
         res, info, namespace = self._resolve(request)
-        matches = self._selected(request)
+        matches = rules.request_selector(request)
         return {"apiVersion": f"{res.group}/{res.version}".lstrip("/"), "kind": f"{info.kind}List",
                 "metadata": {"resourceVersion": str(self._rv)},
                 "items": [obj for _, obj in self.objects_of(res, namespace) if matches(obj)]}
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Obj | bytes]:
         res, info, namespace = self._resolve(request)
-        matches, params = self._selected(request), request.params
+        matches, params = rules.request_selector(request), request.params
         if not (since := params.get("resourceVersion") or "0").isdigit():
             fail(400, "BadRequest", f"invalid resourceVersion: {since!r}")
         loop = asyncio.get_running_loop()

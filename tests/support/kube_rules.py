@@ -189,3 +189,17 @@ def api_call(request: rendering.Request, path: parsing.ParsedPath) -> ApiCall:
     return ApiCall(verb if path.plural else method.lower(), path.group, path.version, path.plural,
                    path.subresource, path.namespace, path.name, request.url.path,
                    request.headers.get("User-Agent", ""))
+
+
+def request_selector(request: rendering.Request) -> Callable[[Obj | None], bool]:
+    """Whether an object is one a get/list/watch request asks for: its namespace, name, label and
+    field selectors."""
+    labels = label_selector(request.params.get("labelSelector"))
+    fields = field_selector(request.params.get("fieldSelector"))
+
+    def matches(obj: Obj | None) -> bool:
+        meta = (obj or {}).get("metadata", {})
+        return (obj is not None and request.namespace in (None, meta.get("namespace"))
+                and request.name in (None, meta.get("name")) and labels(meta.get("labels") or {})
+                and fields(obj))
+    return matches

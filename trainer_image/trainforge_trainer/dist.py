@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -90,3 +91,27 @@ def teardown_if_owned() -> None:
     """Destroy the group only when torchrun made us create it; Ray Train owns its own."""
     if torch_dist.is_initialized() and "TORCHELASTIC_RUN_ID" in os.environ:
         torch_dist.destroy_process_group()
+
+
+def same_on_all_ranks(compute: Callable[[], Any] | None, keep: tuple[type[Exception], ...] = (OSError,)) -> Any:
+    """Rank 0's `compute()` on every rank; when it raises, every rank raises, instead of the other
+    ranks waiting for a broadcast that never comes.
+
+    Args:
+        compute: the function on rank 0, None on every other rank.
+        keep: error types re-raised as themselves on every rank (others become RuntimeError with
+            rank 0's message), so that callers can tell a storage error from a bug.
+    """
+    if compute is None:
+        value, error = from_main(None)
+    else:
+        try:
+            value, error = compute(), None
+        except Exception as exc:
+            from_main((None, (type(exc), str(exc))))
+            raise
+        from_main((value, None))
+    if error is not None:
+        kind, message = error
+        raise (kind if issubclass(kind, keep) else RuntimeError)(message)
+    return value

@@ -76,3 +76,25 @@ def write_trainer(state: dict[str, Any], directory: Path) -> None:
 
 def read_trainer(directory: Path) -> dict[str, Any]:
     return torch.load(directory / TRAINER_FILE, map_location="cpu", weights_only=True)
+
+
+def owned_files(local: Path, rank: int) -> list[str]:
+    """The files this rank wrote (ranks may share `local` under torchrun): DCP names shards by rank."""
+    owned = []
+    for path in sorted(local.rglob("*")):
+        rel = path.relative_to(local).as_posix()
+        if not path.is_file():
+            continue
+        if rel.startswith(f"{DCP_DIR}/"):
+            base = rel.split("/", 1)[1]
+            if base.startswith(f"__{rank}_") or (rank == 0 and not base.startswith("__")):
+                owned.append(rel)
+        elif rank == 0:
+            owned.append(rel)
+    return owned
+
+
+def local_fs() -> Any:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()

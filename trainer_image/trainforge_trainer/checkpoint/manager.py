@@ -36,9 +36,19 @@ from trainforge.checkpoints.retention import mark_complete, mark_corrupt
 from trainforge.checkpoints.retry import Retry, ensure_bucket, storage_uri
 from trainforge.spec import CheckpointConfig, TrainingJobSpec
 
-from ..dist import World, all_reduce_max, all_reduce_min, distributed, from_main, gather_objects
+from ..dist import World, all_reduce_max, all_reduce_min, distributed, from_main, gather_objects, same_on_all_ranks
 from ..train_state import TrainState
-from .files import DCP_DIR, ModelOptimizer, read_model, read_trainer, write_full_state, write_model, write_trainer
+from .files import (
+    DCP_DIR,
+    ModelOptimizer,
+    local_fs,
+    owned_files,
+    read_model,
+    read_trainer,
+    write_full_state,
+    write_model,
+    write_trainer,
+)
 from .preempt import PreemptionWatch, StopVote, ray_preemption_notice
 from .snapshot import HostCopier, PendingSave, Writer
 from .state import Stateful, scalars, spec_changes, spec_dict, spec_hash, versions
@@ -213,7 +223,7 @@ class Checkpointer:
         files = {k: v for part in parts for k, v in part.items()}
         self.check_owner()  # a stale attempt stops here, before its checkpoint could count
         if is_main:
-            write_manifest(_local_fs(), str(pending.local),
+            write_manifest(local_fs(), str(pending.local),
                            dataclasses.replace(pending.manifest, files=files, ranks=[sorted(p) for p in parts]))
         # A preemption grace period is short: that checkpoint is uploaded before the run stops.
         self.store.commit(pending.local if mine or is_main else None, pending.name,
@@ -274,7 +284,8 @@ class Checkpointer:
         """All ranks: raise StaleWriter when the run is no longer this attempt's (rank 0 reads the record)."""
         if self.owner is not None:
             owner, fs, run_path = self.owner, self.store.fs, self.store.run_path
-            same_on_all_ranks((lambda: check_still_owner(fs, run_path, owner)) if self.world.is_main else None)
+            same_on_all_ranks((lambda: check_still_owner(fs, run_path, owner)) if self.world.is_main else None,
+                              keep=(OSError, StaleWriter))
 
     # ---- resuming -----------------------------------------------------------------------------
 
@@ -320,7 +331,7 @@ class Checkpointer:
         for entry in entries:
             with self.store.fetch(entry.path) as fetched:
                 local = Path(fetched)
-                verdict = verify(_local_fs(), str(local), hashes=True)
+                verdict = verify(local_fs(), str(local), hashes=True)
                 if not all_reduce_min(torch.tensor([float(verdict.valid)], device=self.world.device)).item():
                     if self.world.is_main:
                         skipped.append(self._reject(entry, verdict.reason or "a rank's copy did not verify"))
@@ -363,43 +374,3 @@ class Checkpointer:
                 self.apply_retention()  # the last upload has landed: prune what it made surplus
             except OSError:
                 log.exception("checkpoint retention failed at the end of the run")
-
-
-def same_on_all_ranks(compute: Callable[[], Any] | None) -> Any:
-    """Rank 0's `compute()` on every rank; when it raises, every rank raises (a storage error or a
-    stale writer with its own type and message), instead of the other ranks waiting for a broadcast that never comes."""
-    if compute is None:
-        value, error = from_main(None)
-    else:
-        try:
-            value, error = compute(), None
-        except Exception as exc:
-            from_main((None, (type(exc), str(exc))))
-            raise
-        from_main((value, None))
-    if error is not None:
-        kind, message = error
-        raise (kind if issubclass(kind, OSError | StaleWriter) else RuntimeError)(message)
-    return value
-
-
-def owned_files(local: Path, rank: int) -> list[str]:
-    """The files this rank wrote (ranks may share `local` under torchrun): DCP names shards by rank."""
-    owned = []
-    for path in sorted(local.rglob("*")):
-        rel = path.relative_to(local).as_posix()
-        if not path.is_file():
-            continue
-        if rel.startswith(f"{DCP_DIR}/"):
-            base = rel.split("/", 1)[1]
-            if base.startswith(f"__{rank}_") or (rank == 0 and not base.startswith("__")):
-                owned.append(rel)
-        elif rank == 0:
-            owned.append(rel)
-    return owned
-
-
-def _local_fs() -> Any:
-    import pyarrow.fs as pafs
-
-    return pafs.LocalFileSystem()
