@@ -103,11 +103,17 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+def inside_checkpoint(name: str) -> bool:
+    """Whether a file name (a manifest entry, a storage key's part under the checkpoint) is a plain
+    relative path that stays inside the checkpoint directory: no `..`, no absolute or empty part."""
+    return bool(name) and not name.startswith("/") and "\\" not in name and ":" not in name.split("/")[0] \
+        and all(p not in ("", ".", "..") for p in name.split("/"))
+
+
 def _check_names(manifest: Manifest) -> None:
     """File names are untrusted: each must stay inside the checkpoint directory."""
     for name in [*manifest.files, *(n for rank in manifest.ranks or [] for n in rank)]:
-        parts = name.split("/")
-        if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+        if not inside_checkpoint(name):
             raise ManifestError(f"field files: {name!r} is not a relative path inside the checkpoint")
 
 

@@ -14,6 +14,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
+from .safe_load import dcp_load_safely
+
 MODEL_FILE = "model.pt"
 TRAINER_FILE = "trainer.pt"
 DCP_DIR = "dcp"
@@ -64,7 +66,7 @@ def read_model(state: ModelOptimizer, directory: Path, saved_sharded: bool) -> N
                          "use the strategy it was saved with, or start over with --fresh")
     if state.sharded:
         shards = state.state_dict()
-        dcp.load(shards, checkpoint_id=str(directory / DCP_DIR))  # reshards to this world size
+        dcp_load_safely(shards, directory / DCP_DIR)  # reshards to this world size
         state.load_state_dict(shards)
         return
     state.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from trainforge.checkpoints import (
     CheckpointEntry,
     Manifest,
@@ -50,6 +52,7 @@ from .files import (
     write_trainer,
 )
 from .preempt import PreemptionWatch, StopVote, ray_preemption_notice
+from .safe_load import UnsafeCheckpoint, unsafe_reason
 from .snapshot import HostCopier, PendingSave, Writer
 from .state import Stateful, scalars, spec_changes, spec_dict, spec_hash, versions
 from .store import RayStore, Store
@@ -329,15 +332,9 @@ class Checkpointer:
             raise FileNotFoundError(f"the checkpoint this run starts from is gone or invalid: {self.init_from}; "
                                     "keep more checkpoints (spec.checkpoint.keep) so they outlive a PBT exploit")
         for entry in entries:
-            with self.store.fetch(entry.path) as fetched:
-                local = Path(fetched)
-                verdict = verify(local_fs(), str(local), hashes=True)
-                if not all_reduce_min(torch.tensor([float(verdict.valid)], device=self.world.device)).item():
-                    if self.world.is_main:
-                        skipped.append(self._reject(entry, verdict.reason or "a rank's copy did not verify"))
-                    continue
-                manifest = Manifest.from_json((local / "manifest.json").read_text())
-                self._load(local, manifest)
+            manifest = self._fetch_and_load(entry, skipped)
+            if manifest is None:
+                continue
             if self.world.is_main and entry.manifest is not None and entry.manifest.status == "corrupt":
                 log.warning("checkpoint %s was marked corrupt (%s) and verifies now: resuming from it",
                             entry.name, entry.manifest.corrupt_reason)
@@ -349,6 +346,28 @@ class Checkpointer:
                 log.warning("the spec changed since checkpoint %s: %s", entry.path, "; ".join(changes))
             return Resumed(entry.path, manifest.step, skipped, changes)
         return None
+
+    def _fetch_and_load(self, entry: CheckpointEntry, skipped: list[str]) -> Manifest | None:
+        """Load `entry` into every component; None (and the reason in `skipped`) when a rank's copy
+        does not verify or its contents would leave the checkpoint or run code."""
+        try:
+            with self.store.fetch(entry.path) as fetched:
+                local = Path(fetched)
+                verdict = verify(local_fs(), str(local), hashes=True)
+                if not all_reduce_min(torch.tensor([float(verdict.valid)], device=self.world.device)).item():
+                    if self.world.is_main:
+                        skipped.append(self._reject(entry, verdict.reason or "a rank's copy did not verify"))
+                    return None
+                manifest = Manifest.from_json((local / "manifest.json").read_text())
+                self._load(local, manifest)
+                return manifest
+        except (UnsafeCheckpoint, pickle.UnpicklingError, CheckpointException) as exc:
+            reason = unsafe_reason(exc) or (str(exc) if isinstance(exc, pickle.UnpicklingError) else None)
+            if reason is None:
+                raise  # a DCP failure that is not about the contents (a peer died): not this checkpoint's fault
+            if self.world.is_main:
+                skipped.append(self._reject(entry, f"unsafe contents: {reason}"))
+            return None
 
     def _load(self, local: Path, manifest: Manifest) -> None:
         """Every component restores itself; one the checkpoint holds no state for stays as it is

@@ -14,7 +14,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 from trainforge.checkpoints import MANIFEST
+from trainforge.checkpoints.manifest import inside_checkpoint
 from trainforge.checkpoints.retry import Retry
+
+from .safe_load import UnsafeCheckpoint
 
 log = logging.getLogger("trainforge.checkpoint")
 _CHUNK = 64 << 20  # few large requests: S3 charges (and some servers slow down) per request
@@ -47,14 +50,18 @@ def upload_dir(local: Path, fs: Any, dest: str, retry: Retry = DEFAULT_RETRY) ->
 
 
 def download_dir(fs: Any, src: str, local: Path, retry: Retry = DEFAULT_RETRY) -> None:
-    """Every file under `src` into `local`. Keys are untrusted: one whose name would leave `local`
-    (`..`, an absolute part) is skipped and reported."""
+    """Every file under `src` into `local`.
+
+    Note:
+        Keys are untrusted. One whose name would leave `local` (`..`, an absolute or empty part)
+        makes the whole checkpoint unusable (`UnsafeCheckpoint`, before anything is downloaded): a
+        checkpoint someone tampered with is skipped, not half-used.
+    """
     root = src.rstrip("/")
-    for info in retry.call(f"listing {root}", fs.get_file_info, pafs.FileSelector(root, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        rel = info.path[len(root) + 1:]
-        if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
-            log.warning("skipping %r under %s: not a path inside the checkpoint", info.path, root)
-            continue
-        retry.call(f"downloading {info.path}", _get, fs, info.path, local / rel)
+    infos = retry.call(f"listing {root}", fs.get_file_info, pafs.FileSelector(root, recursive=True))
+    files = [(info.path, info.path[len(root) + 1:]) for info in infos if info.type == pafs.FileType.File]
+    if bad := [path for path, rel in files if not path.startswith(f"{root}/") or not inside_checkpoint(rel)]:
+        raise UnsafeCheckpoint(f"storage key {bad[0]!r} is not a path inside the checkpoint {root}"
+                               + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    for path, rel in files:
+        retry.call(f"downloading {path}", _get, fs, path, local / rel)
