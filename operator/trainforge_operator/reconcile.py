@@ -13,6 +13,7 @@ from typing import Any
 from trainforge.lifecycle import Event, Lifecycle, Reason, Timing, Transition, parse_status
 from trainforge.spec.contract import attempt_name
 
+from . import policy
 from .edits import SpecToRun, spec_to_run
 from .observed import Observed, attempt_view, blockers, orphans
 from .rayjob import build_rayjob, storage_for
@@ -46,7 +47,9 @@ def reconcile(obs: Observed, settings: OperatorSettings) -> Decision:
     if not machine.phase.is_terminal:
         to_run = spec_to_run(obs, machine, view)
     if to_run is not None:
-        if storage_for(to_run.spec, _namespace(obs), settings) is None:
+        if (refused_why := policy.refusal(to_run.spec, _namespace(obs), settings)) is not None:
+            machine.fail(Reason.NOT_ALLOWED, refused_why, view)
+        elif storage_for(to_run.spec, _namespace(obs), settings) is None:
             machine.fail(Reason.NO_STORAGE, "spec.checkpoint.storage: set s3://bucket/prefix (or give the operator "
                                              "a default storage) so attempts can resume from checkpoints", view)
         else:

@@ -33,20 +33,28 @@ class OperatorSettings:
     suspend_grace_s: float = 120.0
     """How long a suspending job's trainer gets to checkpoint and exit before its RayJob is deleted."""
     resync_s: float = 10.0
+    """How often a job is looked at when nothing happens (head loss, deadlines, TTL)."""
     fence_wait_s: float = 120.0
     """How long a new attempt waits for the pods of an earlier attempt (or of a deleted incarnation
     of the job) to go before it starts anyway; storage fencing then stops the old writer."""
-    """How often a job is looked at when nothing happens (head loss, deadlines, TTL)."""
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     """Namespaces watched; empty means all."""
     trainer_service_account: str | None = None
     """ServiceAccount of RayJob pods whose spec.serviceAccountName is unset (the chart's trainer
     account, bound in each job namespace to the Role that may patch trainingjobs/status)."""
+    allowed_service_accounts: tuple[str, ...] = field(default_factory=tuple)
+    """Service accounts a job may name in spec.serviceAccountName besides the trainer account; empty:
+    any but the operator's own (the chart always sets it)."""
+    operator_service_account: str | None = None
+    """The operator's own account and namespace (the chart passes them through the downward API):
+    a job may never run as it."""
+    operator_namespace: str | None = None
+    jobs_in_own_namespace: bool = False
+    """Whether jobs may run in the operator's own namespace (off: its account and secrets live there)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ
-        namespaces = tuple(n for n in env.get("TRAINFORGE_WATCH_NAMESPACES", "").split(",") if n.strip())
         return cls(
             trainer_image=env.get("TRAINFORGE_TRAINER_IMAGE", DEFAULT_IMAGE),
             default_storage=env.get("TRAINFORGE_DEFAULT_STORAGE") or None,
@@ -60,6 +68,14 @@ class OperatorSettings:
             suspend_grace_s=float(env.get("TRAINFORGE_SUSPEND_GRACE_S", "120")),
             resync_s=float(env.get("TRAINFORGE_RESYNC_S", "10")),
             fence_wait_s=float(env.get("TRAINFORGE_FENCE_WAIT_S", "120")),
-            namespaces=tuple(n.strip() for n in namespaces),
+            namespaces=_names(env.get("TRAINFORGE_WATCH_NAMESPACES", "")),
             trainer_service_account=env.get("TRAINFORGE_TRAINER_SERVICE_ACCOUNT") or None,
+            allowed_service_accounts=_names(env.get("TRAINFORGE_ALLOWED_SERVICE_ACCOUNTS", "")),
+            operator_service_account=env.get("TRAINFORGE_OPERATOR_SERVICE_ACCOUNT") or None,
+            operator_namespace=env.get("TRAINFORGE_OPERATOR_NAMESPACE") or None,
+            jobs_in_own_namespace=env.get("TRAINFORGE_JOBS_IN_OPERATOR_NAMESPACE", "").lower() in ("1", "true"),
         )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())

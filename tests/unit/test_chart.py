@@ -101,9 +101,36 @@ def test_the_operator_pod_is_locked_down_and_probed() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["readinessProbe"]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # the only writable path
     assert "--standalone" in container["args"] and "--all-namespaces" in container["args"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["TRAINFORGE_TRAINER_IMAGE"] == "ghcr.io/trainforge/trainer:0.1.0"
     assert env["TRAINFORGE_TRAINER_SERVICE_ACCOUNT"] == "trainforge-trainer"
+
+
+def test_the_operator_knows_its_own_account_and_what_jobs_may_run_as() -> None:
+    """The policy's inputs (trainforge_operator.policy): the operator's identity from the downward API,
+    the allow-list with the trainer account first, and no jobs in the release namespace."""
+    def env_of(values: dict[str, Any]) -> dict[str, Any]:
+        (container,) = find(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+    env = env_of({})
+    assert env["TRAINFORGE_OPERATOR_SERVICE_ACCOUNT"] == {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}
+    assert env["TRAINFORGE_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["TRAINFORGE_ALLOWED_SERVICE_ACCOUNTS"] == "trainforge-trainer"
+    assert env["TRAINFORGE_JOBS_IN_OPERATOR_NAMESPACE"] == "false"
+    more = env_of({"trainer": {"allowedServiceAccounts": ["team-data", "trainforge-trainer"]}})
+    assert more["TRAINFORGE_ALLOWED_SERVICE_ACCOUNTS"] == "trainforge-trainer,team-data"
+
+
+def test_jobs_do_not_run_in_the_release_namespace_by_default() -> None:
+    def trainer_namespaces(values: dict[str, Any]) -> list[str]:
+        return sorted(r["metadata"]["namespace"] for r in find(render(values), "Role", "trainforge-trainer"))
+
+    assert trainer_namespaces({}) == ["default"]  # watching every namespace, and the release's is "trainforge"
+    assert trainer_namespaces({"watchNamespaces": ["trainforge", "team-a"]}) == ["team-a"]
+    allowed = {"trainer": {"namespaces": ["trainforge"], "allowJobsInReleaseNamespace": True}}
+    assert trainer_namespaces(allowed) == ["trainforge"]
+    assert trainer_namespaces({"trainer": {"namespaces": ["trainforge"]}}) == []
 
 
 def test_more_replicas_elect_a_leader_through_kopf_peering() -> None:
@@ -151,7 +178,8 @@ def notes(*args: str) -> str:
 def test_notes_warn_when_kuberay_is_missing_and_show_a_first_job() -> None:
     missing = notes()
     assert "WARNING: KubeRay is not installed" in missing and "helm install kuberay-operator" in missing
-    assert "kubectl apply -n ml -f examples/digits-ddp.yaml" in missing
+    assert "kubectl apply -n default -f examples/digits-ddp.yaml" in missing  # not the release's namespace
+    assert "WARNING: no job namespace" in notes("--set", "trainer.namespaces={ml}")
     # On a cluster serving ray.io/v1 RayJob the warning is left out (.Capabilities; `--dry-run=client`
     # cannot be told of extra API versions, so that branch is not rendered here).
     assert "--set" not in missing and "rollout status deployment/tf-trainforge-operator" in missing

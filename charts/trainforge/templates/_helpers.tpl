@@ -32,11 +32,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) -}}
 {{- end -}}
 
-{{/* Namespaces whose jobs get the trainer ServiceAccount and Role, as a JSON list. */}}
+{{/* Namespaces whose jobs get the trainer ServiceAccount and Role, as a JSON list: never the
+release's own unless trainer.allowJobsInReleaseNamespace (the operator refuses jobs there too). */}}
 {{- define "trainforge.trainerNamespaces" -}}
 {{- $list := .Values.trainer.namespaces -}}
 {{- if not $list -}}{{- $list = .Values.watchNamespaces -}}{{- end -}}
-{{- if not $list -}}{{- $list = list .Release.Namespace -}}{{- end -}}
+{{- if not $list -}}{{- $list = list "default" -}}{{- end -}}
+{{- if not .Values.trainer.allowJobsInReleaseNamespace -}}{{- $list = without $list .Release.Namespace -}}{{- end -}}
 {{- toJson $list -}}
 {{- end -}}
 

@@ -63,6 +63,9 @@ class Reason(StrEnum):
     Also the name of the trainer's error type for it, which is how the lifecycle tells."""
     START_TIMEOUT = "StartTimeout"
     """An attempt did not start running within spec.startTimeoutSeconds."""
+    NOT_ALLOWED = "NotAllowed"
+    """The operator's policy refuses the job as written: a service account it may not run as, or a
+    namespace it does not run jobs in (the message names the field and the way out)."""
 
 
 class AttemptResult(StrEnum):
