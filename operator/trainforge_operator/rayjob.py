@@ -149,6 +149,16 @@ def owner_reference(body: Mapping[str, Any]) -> Manifest:
             "controller": True, "blockOwnerDeletion": True}
 
 
+# Pod Security `restricted` (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+# the trainer image's `ray` user (uid 1000, gid 100), no privilege escalation, no capabilities, the
+# runtime's seccomp profile. A custom spec.image must run as that non-root user too.
+TRAINER_UID, TRAINER_GID = 1000, 100
+POD_SECURITY: Manifest = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_GID,
+                          "fsGroup": TRAINER_GID, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY: Manifest = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "runAsNonRoot": True}
+
+
 def head_group(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapping[str, str],
                env: list[Manifest]) -> Manifest:
     resources = {"cpu": settings.head_cpu, "memory": settings.head_memory}
@@ -165,6 +175,9 @@ def worker_group(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapp
     container = ray_container(WORKER_CONTAINER, spec, settings, env, worker_resources(spec))
     container["volumeMounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     template = pod_template(spec, settings, labels, container, volumes=[shm_volume(spec)])
+    # Workers run user code and never talk to the API server: no token to steal (the head's trainer
+    # alone writes status, with the account's token).
+    template["spec"]["automountServiceAccountToken"] = False
     if spec.node_selector:
         template["spec"]["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -185,7 +198,8 @@ def ray_container(name: str, spec: TrainingJobSpec, settings: OperatorSettings, 
     # requests == limits: GPUs demand it, and a training step's speed should not depend on the neighbours.
     return {"name": name, "image": spec.image or settings.trainer_image, "env": env,
             "resources": {"requests": dict(resources), "limits": dict(resources)},
-            "lifecycle": {"preStop": {"exec": {"command": prestop_command(grace_seconds(spec, settings))}}}}
+            "lifecycle": {"preStop": {"exec": {"command": prestop_command(grace_seconds(spec, settings))}}},
+            "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
 
 
 def grace_seconds(spec: TrainingJobSpec, settings: OperatorSettings) -> int:
@@ -206,6 +220,7 @@ def pod_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapp
         "containers": [container],
         # Time for the trainer to save and upload an emergency checkpoint when a pod is evicted.
         "terminationGracePeriodSeconds": grace_seconds(spec, settings),
+        "securityContext": copy.deepcopy(POD_SECURITY),
     }
     if volumes:
         pod["volumes"] = volumes

@@ -3,16 +3,21 @@ the preStop hook, the attempt's lineage and the termination grace."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+from typing import Any
 
+import pytest
 from trainforge.spec import parse_job
 from trainforge.spec.contract import LINEAGE_ENV, SPEC_ENV, lineage_id
 from trainforge_operator.rayjob import build_rayjob
 
+from tests.support.pod_security import restricted_violations
 from tests.unit.test_rayjob import (
     CREDENTIALS_SPEC,
     ENV_SPEC,
+    SCHEMA_CASES,
     SETTINGS,
     UID,
     body_of,
@@ -119,3 +124,32 @@ def test_the_specs_grace_period_sets_the_pods_the_hook_and_the_job_stop_wait() -
         assert group["template"]["spec"]["terminationGracePeriodSeconds"] == 45
         assert env_of(group)["RAY_JOB_STOP_WAIT_TIME_S"]["value"] == "45"
         assert container(group)["lifecycle"]["preStop"]["exec"]["command"][-1] == "45"
+
+
+# --- pod security: `restricted`, and no token where user code runs without need ------------------
+
+def pod_specs(rayjob: dict[str, Any]) -> list[dict[str, Any]]:
+    return [head_of(rayjob)["template"]["spec"], workers_of(rayjob)["template"]["spec"]]
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_CASES))
+def test_every_pod_template_passes_pod_security_restricted(case: str) -> None:
+    for pod in pod_specs(build(**SCHEMA_CASES[case])):
+        assert restricted_violations(pod) == [], case
+
+
+def test_the_restricted_checker_is_not_vacuous() -> None:
+    """A pod as the operator built them before: no security context at all."""
+    bare = {"containers": [{"name": "ray-worker", "image": "x"}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert restricted_violations(bare) == ["hostPathVolumes", "restrictedVolumes", "allowPrivilegeEscalation",
+                                           "runAsNonRoot", "seccompProfile_restricted", "capabilities_restricted"]
+    root = copy.deepcopy(pod_specs(build())[1])
+    root["securityContext"]["runAsUser"] = 0
+    root["containers"][0]["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+    assert restricted_violations(root) == ["capabilities_baseline", "runAsUser", "capabilities_restricted"]
+
+
+def test_worker_pods_mount_no_service_account_token_and_the_head_keeps_its_own() -> None:
+    head, workers = pod_specs(build(serviceAccountName="trainer"))
+    assert workers["automountServiceAccountToken"] is False
+    assert "automountServiceAccountToken" not in head and head["serviceAccountName"] == "trainer"
