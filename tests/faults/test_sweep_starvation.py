@@ -71,10 +71,9 @@ def test_a_trial_stopped_early_gives_its_workers_back_to_the_next_trial(tmp_path
     rows = sorted(outcome.trials, key=lambda t: t.trial)
     assert [t.state for t in rows] == ["TERMINATED"] * 3, [(t.trial, t.state, t.error) for t in rows]
     assert [t.epochs for t in rows] == [2, 1, 2], rows  # ASHA stopped the hopeless trial at epoch 1 ...
-    # ... Ray's cleaner could not remove its workers' group (the fault happened) and the sweep did (and
-    # maybe the first trial's too: ASHA also stops a trial at maxT, racing its Train run's own end):
-    released = [trial for trial, _ in outcome.released]
-    assert rows[1].trial in released, outcome.released
+    # ... and the next trial got its CPUs within trialStartTimeoutSeconds. Ray's cleaner cannot remove
+    # a stopped trial's group here; the controller removes it as it ends (its Train run never retries,
+    # so it starts no new group while dying), else the sweep's registry does (`outcome.released`).
     assert free_cpus() >= free - 0.02, "the sweep left CPUs held"
     record("sweep trial stopped early, Ray's cleaner down", outcome="next trial ran", trials_lost=0,
            groups_removed=len(outcome.released), sweep_s=time.monotonic() - started)

@@ -110,7 +110,8 @@ class TuneConfig(SpecModel):
     """Spec path (as written in YAML, e.g. optimizer.lr or task.args.hidden) -> domain."""
     trial_start_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
     """How long a trial's Train workers may wait for their resources (CPUs/GPUs held by other
-    trials or jobs) before the trial fails with the reason, instead of waiting forever."""
+    trials or jobs) before the trial fails with the reason, instead of waiting forever. A failed
+    trial is retried up to spec.restartPolicy.maxWorkerFailures times, each retry waiting again."""
 
     @model_validator(mode="after")
     def _search_fits_space(self) -> TuneConfig:

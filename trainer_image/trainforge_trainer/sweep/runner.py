@@ -22,6 +22,7 @@ from .pbt import owns, prune_trial_runs, run_pbt_trial
 from .plan import DRIVER_CPU, plan_sweep
 from .release import start_registry
 from .space import param_space, plain
+from .start import sweep_failure_config
 from .trial import run_trial, trials_target
 
 log = logging.getLogger("trainforge.sweep")
@@ -97,7 +98,8 @@ def run_sweep(spec: TrainingJobSpec, name: str, target: StorageTarget,
                                         # a reused trial actor would keep the stopped trial's Train run going
                                         reuse_actors=False),
             run_config=tune.RunConfig(name=name, storage_path=target.path if remote else target.uri,
-                                      storage_filesystem=fs, callbacks=[_Progress()], verbose=0),
+                                      storage_filesystem=fs, callbacks=[_Progress()], verbose=0,
+                                      failure_config=sweep_failure_config(spec)),
         )
     _listener[:] = [on_result] if on_result else []
     try:

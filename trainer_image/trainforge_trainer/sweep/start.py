@@ -25,12 +25,30 @@ class TrialStartTimeout(RuntimeError):
 
 def bound_worker_start(trainer: Any, timeout_s: float) -> None:
     """Before `trainer.fit()`, in the trial's own process: the controller inherits the variable
-    (Ray Train propagates it from the process that calls fit) and gives up on the first timeout."""
+    (Ray Train propagates it from the process that calls fit) and gives up on the first timeout.
+
+    Note:
+        A trial's Train run never restarts its worker group itself (`max_failures=0`); Tune retries
+        the trial instead (`sweep_failure_config`), which resumes it from its checkpoint. When a
+        scheduler stops a trial, its controller is terminated and its workers die with it; a
+        controller allowed to retry would, while dying, start a new worker group and create a
+        placement group that nothing registered or removes (seen in `bench/sweep_stress.py`), and
+        the next trial would wait on that group's CPUs.
+    """
     from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
 
     os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = f"{timeout_s:g}"
     run_config = trainer.run_config
-    run_config.failure_config = dataclasses.replace(run_config.failure_config, controller_failure_limit=0)
+    run_config.failure_config = dataclasses.replace(run_config.failure_config, controller_failure_limit=0,
+                                                    max_failures=0)
+
+
+def sweep_failure_config(spec: TrainingJobSpec) -> Any:
+    """Tune's retries of a failed trial: spec.restartPolicy.maxWorkerFailures, as a single run's
+    Train restarts (a retried trial resumes from its newest checkpoint)."""
+    from ray import tune
+
+    return tune.FailureConfig(max_failures=spec.restart_policy.max_worker_failures)
 
 
 def fit_within_start_bound(trainer: Any, spec: TrainingJobSpec, trial_id: str, timeout_s: float) -> Any:
