@@ -1,7 +1,7 @@
 """Reading a sharded (DCP) checkpoint without running code from storage.
 
-`dcp.load` unpickles `.metadata` with plain `pickle.load` and the planner reads every non-tensor
-value with `torch.load(weights_only=False)`, so whoever can write the checkpoint prefix could run
+`dcp.load` unpickles `.metadata` with plain `pickle.load` and its default planner reads every
+non-tensor value with an unrestricted `torch.load`, so whoever can write the checkpoint prefix could run
 code on every rank of a sharded resume. Here the metadata goes through an unpickler that admits only
 the types DCP itself writes there, and non-tensor values through `torch.load(weights_only=True)`;
 anything else makes the checkpoint unusable (`UnsafeCheckpoint`), and the resume tries the previous
