@@ -26,9 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "TRAINFORGE_PRIORITY") else None, help="peering priority (default: random, so that replicas of one "
         "Deployment differ: kopf freezes peers of equal priority)")
     parser.add_argument("--health-port", type=int, default=int(env.get("TRAINFORGE_HEALTH_PORT", "8080")),
-                        help=f"liveness endpoint http://0.0.0.0:PORT{HEALTH_PATH} (0: off)")
+                        help=f"liveness endpoint http://ADDRESS:PORT{HEALTH_PATH} (0: off)")
+    parser.add_argument("--health-address", default=env.get("TRAINFORGE_HEALTH_ADDRESS", "0.0.0.0"),
+                        help="address the liveness endpoint listens on (default 0.0.0.0: the kubelet probes "
+                        "the pod's IP; 127.0.0.1 keeps it to the pod)")
     parser.add_argument("--metrics-port", type=int, default=int(env.get("TRAINFORGE_METRICS_PORT", "8081")),
                         help="Prometheus /metrics (0: off)")
+    parser.add_argument("--metrics-address", default=env.get("TRAINFORGE_METRICS_ADDRESS", "0.0.0.0"),
+                        help="address /metrics listens on (default 0.0.0.0, for a scraper on the pod's IP)")
     parser.add_argument("--log-format", choices=["json", "plain", "full"],
                         default=env.get("TRAINFORGE_LOG_FORMAT", "json"))
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -46,8 +51,13 @@ def run_kwargs(args: argparse.Namespace, watch_env: str = "") -> dict[str, Any]:
         priority = args.priority if args.priority is not None else random.randint(1, 2**31 - 1)
         kwargs.update(peering_name=args.peering, priority=priority)
     if args.health_port:
-        kwargs["liveness_endpoint"] = f"http://0.0.0.0:{args.health_port}{HEALTH_PATH}"
+        kwargs["liveness_endpoint"] = f"http://{url_host(args.health_address)}:{args.health_port}{HEALTH_PATH}"
     return kwargs
+
+
+def url_host(address: str) -> str:
+    """An address as a URL's host: an IPv6 one in brackets."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import handlers, metrics  # noqa: F401  (registers the handlers)
 
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        metrics.serve(args.metrics_port, args.metrics_address)
     kopf.run(**run_kwargs(args, os.environ.get("TRAINFORGE_WATCH_NAMESPACES", "")))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -45,5 +46,6 @@ JOBS = PhaseCollector()
 REGISTRY.register(JOBS)  # type: ignore[arg-type]
 
 
-def serve(port: int) -> None:
-    start_http_server(port, registry=REGISTRY)
+def serve(port: int, address: str = "0.0.0.0") -> tuple[Any, Any]:
+    """Serve /metrics on `address:port` in a daemon thread; returns (server, thread)."""
+    return start_http_server(port, addr=address, registry=REGISTRY)

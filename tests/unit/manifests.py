@@ -103,5 +103,13 @@ MALFORMED: list[Bad] = [
                  checkpoint={"everyEpoch": False, "everySteps": 50}),
         "spec.checkpoint.everyEpoch", False),
     Bad("bad-name", {**manifest(), "metadata": {"name": "Digits_DDP"}}, "metadata.name", False),
+    # Past int32: the CRD's int64 takes them, the RayJob/pods made from them would not.
+    Bad("workers-past-int32", manifest(workers=2**31), "spec.workers", True),
+    Bad("deadline-past-int32", manifest(activeDeadlineSeconds=2**31), "spec.activeDeadlineSeconds", True),
+    Bad("ttl-past-int32", manifest(ttlSecondsAfterFinished=2**40), "spec.ttlSecondsAfterFinished", True),
+    Bad("restarts-past-attempt-names", manifest(restartPolicy={"maxRestarts": 999}), "spec.restartPolicy.maxRestarts",
+        True),
+    Bad("generate-name-too-long", {**manifest(), "metadata": {"generateName": "a" * 38}}, "metadata.generateName",
+        False),
     Bad("wrong-kind", {**manifest(), "kind": "PyTorchJob"}, "kind", False),
 ]

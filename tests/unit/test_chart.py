@@ -83,6 +83,8 @@ def test_the_rendered_crd_is_the_generated_one_and_takes_the_examples(repo_root:
     ({"watchNamespaces": ["Team_A"]}, "watchNamespaces.0"),
     ({"trainer": {"defaultStorage": "my-bucket/runs"}}, "trainer.defaultStorage"),
     ({"metrics": {"port": 70000}}, "metrics.port"),
+    ({"metrics": {"address": "localhost; rm -rf /"}}, "metrics.address"),
+    ({"operator": {"healthAddress": "any"}}, "operator.healthAddress"),
     ({"replicas": 2}, "additional properties 'replicas' not allowed"),
 ])
 def test_values_schema_rejects_bad_values(values: dict[str, Any], field: str) -> None:
@@ -104,6 +106,16 @@ def test_the_operator_pod_is_locked_down_and_probed() -> None:
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["TRAINFORGE_TRAINER_IMAGE"] == "ghcr.io/trainforge/trainer:0.1.0"
     assert env["TRAINFORGE_TRAINER_SERVICE_ACCOUNT"] == "trainforge-trainer"
+
+
+def test_health_and_metrics_listen_where_the_values_say() -> None:
+    def args_of(values: dict[str, Any]) -> list[str]:
+        (container,) = find(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+        return container["args"]
+
+    assert {"--health-address=0.0.0.0", "--metrics-address=0.0.0.0"} <= set(args_of({}))
+    narrowed = args_of({"operator": {"healthAddress": "::"}, "metrics": {"address": "127.0.0.1"}})
+    assert {"--health-address=::", "--metrics-address=127.0.0.1"} <= set(narrowed)
 
 
 def test_the_operator_knows_its_own_account_and_what_jobs_may_run_as() -> None:

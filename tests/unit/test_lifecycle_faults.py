@@ -73,3 +73,18 @@ def test_a_fenced_start_waits_then_starts_with_a_warning() -> None:
     assert held.status.reason == "WaitingForPreviousAttempt"
     go = advance(held.status, job, blocked, at(121), TIMING)
     assert go.start == StartAttempt(1) and any(e.type == "Warning" for e in go.events)
+
+
+def test_preemptions_end_at_the_last_attempt_a_name_has_room_for() -> None:
+    """Preemptions are free, but attempt 1000's RayJob name would not fit KubeRay's limit."""
+    job = spec()
+    status = started(job)
+    status.attempt = 999
+    status.outcome = AttemptOutcome(attempt=999, result="preempted", message="SIGTERM")  # type: ignore[arg-type]
+    after = advance(status, job, AttemptView(AttemptState.ENDED, "exit code 75"), at(5), TIMING)
+    assert after.status.phase == Phase.FAILED and after.status.reason == "RestartsExhausted"
+    assert "at most 999 attempts" in (after.status.message or "") and after.start is None
+    status.attempt = 998
+    status.outcome = AttemptOutcome(attempt=998, result="preempted", message="SIGTERM")  # type: ignore[arg-type]
+    assert advance(status, job, AttemptView(AttemptState.ENDED, "exit code 75"), at(5), TIMING).start == \
+        StartAttempt(999)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from trainforge.spec.contract import SPEC_ENV
+from trainforge_operator import metrics
 from trainforge_operator.__main__ import parse_args, run_kwargs
 from trainforge_operator.settings import OperatorSettings
 from trainforge_trainer import run
@@ -12,6 +15,25 @@ def test_defaults_watch_every_namespace_standalone_with_health() -> None:
     kwargs = run_kwargs(parse_args([]))
     assert kwargs["clusterwide"] and kwargs["standalone"]
     assert kwargs["liveness_endpoint"] == "http://0.0.0.0:8080/healthz"
+
+
+def test_the_health_endpoint_listens_on_the_address_asked_for() -> None:
+    assert run_kwargs(parse_args(["--health-address", "127.0.0.1"]))["liveness_endpoint"] == \
+        "http://127.0.0.1:8080/healthz"
+    assert run_kwargs(parse_args(["--health-address", "::1", "--health-port", "9"]))["liveness_endpoint"] == \
+        "http://[::1]:9/healthz"
+
+
+def test_metrics_listen_on_the_address_asked_for() -> None:
+    server, _ = metrics.serve(0, "127.0.0.1")
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert b"trainforge" in answer.read()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_namespaces_from_flags_or_env_and_peering() -> None:

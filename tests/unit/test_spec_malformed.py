@@ -46,3 +46,14 @@ def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(SpecValidationError) as info:
         parse_job(doc)
     assert {i.path for i in info.value.issues} == {"spec.workers", "spec.precision"}
+
+
+def test_yaml_aliases_are_refused_before_anything_expands_them(tmp_path: Path) -> None:
+    """A "billion laughs": nine levels of nine aliases are 9**9 strings once expanded (or dumped)."""
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(dumps(BASE) + "\n".join(f"x-{line}" for line in levels) + "\n")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 1 and "aliases are not accepted" in result.output, result.output
+    assert f"line {len(dumps(BASE).splitlines()) + 2}," in result.output  # where the first alias is

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..lifecycle import AttemptState, AttemptView, Phase
-from ..local.jobstate import STATE_DIR, JobDir
+from ..local.jobstate import STATE_DIR, JobDir, open_private
 from ..local.passes import run_pass
 from ..spec import TrainingJob
 from ..spec.contract import DEFAULT_LOCAL_ROOT, LOCAL_ROOT_ENV, SUPERVISOR_MODULE, TRAINER_EXTRA_HINT
@@ -136,7 +136,7 @@ class LocalBackend:
 
     def _start(self, jobdir: JobDir) -> None:
         _require_trainer()
-        with (jobdir.path / "supervisor.log").open("ab") as out:
+        with os.fdopen(open_private(jobdir.path / "supervisor.log"), "ab") as out:
             process = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(jobdir.path)],
                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True, cwd=self.root)

@@ -7,6 +7,7 @@ from datetime import datetime
 from ..spec import TrainingJobSpec, TrainingJobStatus
 from ..spec import conditions as conds
 from ..spec.contract import attempt_name
+from ..spec.job import MAX_ATTEMPTS
 from ..spec.phases import AttemptResult, ConditionType, EventType, Phase, Reason
 from ..spec.status import AttemptOutcome
 from .types import Action, AttemptState, AttemptView, DeleteJob, Event, StartAttempt, StopAttempt, Timing, Transition
@@ -226,6 +227,10 @@ class Lifecycle:
         if preempted:
             self.status.preemptions += 1
             self.event(EventType.WARNING, Reason.PREEMPTED, f"attempt {attempt} was preempted: {why}")
+        if attempt >= MAX_ATTEMPTS:
+            return self.fail(Reason.RESTARTS_EXHAUSTED, f"attempt {attempt} ended ({why}); a job has at most "
+                                                        f"{MAX_ATTEMPTS} attempts (attempt names must fit KubeRay's "
+                                                        "limit): submit it again under a new name to go on")
         if counts and self.status.restarts >= policy.max_restarts:
             return self.fail(Reason.RESTARTS_EXHAUSTED, f"attempt {attempt} failed ({why}); "
                                                         f"restartPolicy.maxRestarts ({policy.max_restarts}) reached")

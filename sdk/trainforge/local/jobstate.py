@@ -8,6 +8,9 @@
     attempt-N.log  the driver log of attempt N (Ray forwards the workers' output into it)
     process.json   pid of the supervisor running the job, while one runs
     deleting       present once deletion was asked for; the supervisor removes the directory on exit
+
+The directory is 0700 and every file in it 0600 (`PRIVATE_FILE`): job.yaml holds the job's env values
+and the logs whatever the task prints, so other users of the machine read none of it.
 """
 
 from __future__ import annotations
@@ -29,12 +32,20 @@ from ..spec.load import dump_job
 from ..spec.yamlio import loads_all
 
 STATE_DIR = ".job"
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
+    """`os.open` of a state file, created 0600 whatever the umask; an existing file is narrowed too."""
+    fd = os.open(path, flags, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    return fd
 
 
 class JobDir:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = FileLock(str(path / ".lock"), timeout=30)
+        self._lock = FileLock(str(path / ".lock"), timeout=30, mode=PRIVATE_FILE)
 
     @classmethod
     def of(cls, root: Path, name: str) -> JobDir:
@@ -52,6 +63,7 @@ class JobDir:
     def create(self, job: TrainingJob) -> None:
         """The job with an empty status: the first lifecycle pass writes it."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.path.chmod(PRIVATE_DIR)  # mkdir's mode is cut by the umask, and an old directory kept its own
         with self._lock:
             _write_atomic(self.path / "status.json", "{}")
             _write_atomic(self.path / "job.yaml", dump_job(job))
@@ -96,7 +108,7 @@ class JobDir:
     def event(self, type_: str, reason: str, message: str, obj: str | None = None) -> None:
         line = json.dumps({"time": stamp(utcnow()), "type": type_, "reason": reason, "message": message,
                            "object": obj or f"TrainingJob/{self.name}"})
-        with self._lock, (self.path / "events.jsonl").open("a") as f:
+        with self._lock, os.fdopen(open_private(self.path / "events.jsonl"), "a") as f:
             f.write(line + "\n")
 
     def events(self) -> list[dict[str, Any]]:
@@ -162,5 +174,6 @@ def _status_model(doc: dict[str, Any]) -> TrainingJobStatus | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+        f.write(text)
     os.replace(tmp, path)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 Loc = tuple[str | int, ...]
@@ -113,8 +113,24 @@ Quantity = Annotated[
 """An int or a quantity string, exactly what Kubernetes accepts for resources."""
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+INT32_MAX = 2**31 - 1
+"""Every spec integer fits Kubernetes' int32 (replicas, RayJob deadlines): a larger one passes the
+CRD's int64 and then fails in the object trainforge makes from it."""
+INT64_MAX = 2**63 - 1
+PositiveInt = Annotated[int, Field(ge=1, le=INT32_MAX)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+def _within_int64(value: int) -> int:
+    if value > INT64_MAX:
+        raise ValueError(f"must be at most {INT64_MAX} (int64)")
+    return value
+
+
+# No `maximum` in the schema for this one: Helm renders 2**63-1 as a float, and int64 is already
+# what the API server itself enforces.
+NonNegativeInt64 = Annotated[int, Field(ge=0), AfterValidator(_within_int64)]
+"""For what Kubernetes itself counts in int64 (metadata.generation)."""
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Ratio = Annotated[float, Field(ge=0, le=1)]

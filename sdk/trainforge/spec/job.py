@@ -30,14 +30,17 @@ API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "TrainingJob"
 # KubeRay rejects RayJob names over 47 characters; attempts are named <job>-a<N> (N up to 999).
 MAX_NAME_LENGTH = 42
+MAX_ATTEMPTS = 999
+"""The most attempts a job has, restarts and preemptions together: `<job>-a999` still fits."""
 MUTABLE_WHILE_RUNNING = frozenset({"suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "restartPolicy"})
 """Spec fields a running job takes edits of; the operator applies edits to others only while suspended."""
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 class RestartPolicy(SpecModel):
-    max_restarts: NonNegativeInt = 3
-    """New attempts (RayJobs) allowed after failures; preemptions are free unless countPreemptions."""
+    max_restarts: Annotated[int, Field(ge=0, le=MAX_ATTEMPTS - 1)] = 3
+    """New attempts (RayJobs) allowed after failures; preemptions are free unless countPreemptions.
+    A job has at most 999 attempts in all (their names must fit KubeRay's limit)."""
     count_preemptions: bool = False
     max_worker_failures: Annotated[int, Field(ge=-1)] = 2
     """Ray Train worker-group restarts inside one attempt (FailureConfig.max_failures; -1 = no limit)."""
@@ -214,6 +217,15 @@ class ObjectMeta(BaseModel):
                 f"{value!r} must be lowercase letters, digits and '-', start with a letter and "
                 "end with a letter or digit (RFC 1035 label)"
             )
+        return value
+
+    @field_validator("generate_name")
+    @classmethod
+    def _generate_name_form(cls, value: str | None) -> str | None:
+        # The API server appends 5 random characters to generateName.
+        if value is not None and len(value) > MAX_NAME_LENGTH - 5:
+            raise ValueError(f"{value!r} is {len(value)} characters; at most {MAX_NAME_LENGTH - 5} "
+                             f"(the API server adds 5, and a name has at most {MAX_NAME_LENGTH})")
         return value
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
-from .base import NonNegativeInt, SpecModel
+from .base import NonNegativeInt, NonNegativeInt64, SpecModel
 from .phases import PHASES, TERMINAL_PHASES, AttemptResult, ConditionType, Phase
 
 __all__ = ["PHASES", "TERMINAL_PHASES", "AttemptOutcome", "CheckpointRef", "Condition", "Progress",
@@ -46,7 +46,7 @@ class Condition(SpecModel):
     reason: str = ""
     message: str = ""
     last_transition_time: Timestamp
-    observed_generation: NonNegativeInt | None = None
+    observed_generation: NonNegativeInt64 | None = None
 
 
 class Progress(SpecModel):
@@ -94,7 +94,7 @@ class AttemptOutcome(SpecModel):
 class TrainingJobStatus(SpecModel):
     phase: PhaseName | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: NonNegativeInt | None = None
+    observed_generation: NonNegativeInt64 | None = None
     attempt: NonNegativeInt = 0
     """Current attempt (RayJob <name>-a<attempt>)."""
     restarts: NonNegativeInt = 0

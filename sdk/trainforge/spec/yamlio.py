@@ -12,7 +12,20 @@ from .base import Loc
 
 
 class KubeLoader(yaml.SafeLoader):
-    """SafeLoader that reads floats like Kubernetes (YAML 1.2): `1e-3` is a number, not a string."""
+    """SafeLoader that reads floats like Kubernetes (YAML 1.2): `1e-3` is a number, not a string.
+
+    Note:
+        Aliases (`*name`) are refused: a few nested ones expand to gigabytes when the job is dumped
+        (a "billion laughs"), and a TrainingJob has no need of them.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML alias *{self.peek_event().anchor} found: aliases are not accepted in a "
+                "TrainingJob; write the value out in full", mark)
+        return super().compose_node(parent, index)
 
 
 _FLOAT_12 = (
@@ -31,6 +44,9 @@ KubeLoader.add_implicit_resolver(*_FLOAT_12)
 
 
 class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # what we write, KubeLoader reads back: a shared object is written out each time
+
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         # Kubernetes style: list items indented under their key.
         super().increase_indent(flow, False)

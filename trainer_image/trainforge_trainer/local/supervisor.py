@@ -25,7 +25,7 @@ from typing import Any
 
 from trainforge.checkpoints import resolve_storage
 from trainforge.lifecycle import AttemptResult, AttemptState, AttemptView
-from trainforge.local.jobstate import JobDir
+from trainforge.local.jobstate import JobDir, open_private
 from trainforge.local.passes import LOCAL_TIMING, run_pass
 
 from ..driver import make_flag, prepare_ray_env
@@ -189,7 +189,7 @@ def _redirect_output(path: Path) -> None:
     """The attempt's driver log: this process's stdout/stderr, where Ray also forwards the workers'."""
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = open_private(path)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
