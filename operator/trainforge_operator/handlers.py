@@ -42,7 +42,7 @@ class OperatorState:
     @functools.cached_property
     def kube(self) -> Kube:
         """Built on first use, in a worker thread: loading credentials does I/O."""
-        return Kube()
+        return Kube(settings=self.settings)
 
     def wake(self, namespace: str, name: str) -> None:
         event = self.wakers.get((namespace, name))

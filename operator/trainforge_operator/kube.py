@@ -22,8 +22,10 @@ from trainforge.spec.contract import (
     attempt_name,
 )
 
+from . import guard
 from .observed import Observed, being_deleted, owner_uid
 from .reconcile import Decision
+from .settings import OperatorSettings
 
 log = logging.getLogger("trainforge.operator")
 USER_AGENT = f"trainforge-operator/{__version__}"
@@ -36,7 +38,7 @@ class Kube:
     """Thin wrapper over the official client; every call names exactly one resource and verb (the
     chart's ClusterRole grants these and nothing else)."""
 
-    def __init__(self, api_client: Any = None) -> None:
+    def __init__(self, api_client: Any = None, settings: OperatorSettings | None = None) -> None:
         from kubernetes import client, config
 
         if api_client is None:
@@ -44,15 +46,17 @@ class Kube:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            settings = client.Configuration.get_default_copy()
+            configuration = client.Configuration.get_default_copy()
             # urllib3 retries a read that timed out 3 more times by default: a hung API server would
             # hold each call four times API_TIMEOUT_S. The daemon retries whole passes instead.
-            settings.retries = 1
-            api_client = client.ApiClient(settings)
+            configuration.retries = 1
+            api_client = client.ApiClient(configuration)
             # Names this client in audit logs (and lets the tests check its calls against the chart's RBAC).
             api_client.user_agent = USER_AGENT
+        self.settings = settings or OperatorSettings()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     # ---- reads ---------------------------------------------------------------------------------
 
@@ -104,6 +108,9 @@ class Kube:
         for rayjob in decision.delete:
             self._delete(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, rayjob)
         if decision.create is not None:
+            refused = self.guard(obs.job)
+            if refused:
+                return refused
             try:
                 self.custom.create_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYJOBS, decision.create,
                                                             _request_timeout=API_TIMEOUT_S)
@@ -119,6 +126,50 @@ class Kube:
         if decision.delete_job:
             self._delete(API_GROUP, VERSION, namespace, PLURAL, name)
         return None
+
+    def guard(self, job: Mapping[str, Any]) -> str | None:
+        """The job's Ray-token Secret and NetworkPolicy (guard.py), made before its first attempt's
+        RayJob and kept. Returns why not when one of that name exists and is not this job's."""
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if self.settings.ray_auth:
+            why = self._ensure(job, "Secret", lambda: guard.auth_secret(job, guard.new_token()),
+                               lambda: self.core.read_namespaced_secret(guard.auth_secret_name(name), namespace,
+                                                                        _request_timeout=API_TIMEOUT_S),
+                               lambda doc: self.core.create_namespaced_secret(namespace, doc,
+                                                                              _request_timeout=API_TIMEOUT_S))
+            if why:
+                return why
+        if self.settings.network_policy:
+            policy = guard.network_policy_name(name)
+            return self._ensure(job, "NetworkPolicy", lambda: guard.network_policy(job, self.settings),
+                                lambda: self.networking.read_namespaced_network_policy(policy, namespace,
+                                                                                      _request_timeout=API_TIMEOUT_S),
+                                lambda doc: self.networking.create_namespaced_network_policy(
+                                    namespace, doc, _request_timeout=API_TIMEOUT_S))
+        return None
+
+    def _ensure(self, job: Mapping[str, Any], kind: str, build: Callable[[], dict[str, Any]], read: Callable[[], Any],
+                create: Callable[[dict[str, Any]], Any]) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        doc = build()
+        try:
+            create(doc)
+            return None
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.core.api_client.sanitize_for_serialization(read())
+        if guard.owned_by(existing, job):
+            return None
+        if guard.stale_owner(existing, job):
+            # A deleted incarnation's, which the garbage collector removes: the pass is retried.
+            raise RuntimeError(f"{kind} {doc['metadata']['name']} is an earlier incarnation's of this job; "
+                               "waiting for the garbage collector to remove it")
+        # Made by someone else, with a token (or rules) they chose: never run the job behind it.
+        return (f"{kind} {doc['metadata']['name']} exists and is not this job's (no owner reference to it): "
+                "delete it, or submit the job under another name")
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name,

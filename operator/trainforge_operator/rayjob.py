@@ -28,10 +28,12 @@ from trainforge.spec.contract import (
     attempt_name,
 )
 
+from .guard import auth_options
 from .settings import OperatorSettings
 
 ENTRYPOINT = f"python -m {TRAINER_MODULE}"
 WORKER_GROUP, HEAD_CONTAINER, WORKER_CONTAINER = "workers", "ray-head", "ray-worker"
+SUBMITTER_CONTAINER = "ray-job-submitter"  # KubeRay's name for it
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
@@ -115,7 +117,10 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
             "workerGroupSpecs": [worker_group(spec, settings, labels, merge_env(storage_env, stop_env, user_env,
                                                                                    lineage_env))],
         },
+        "submitterPodTemplate": submitter_template(spec, settings, labels),
     }
+    if settings.ray_auth:
+        rayjob_spec["rayClusterSpec"]["authOptions"] = auth_options(meta["name"])
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     annotations = {ANNOTATION_GENERATION: str(meta.get("generation", ""))}
@@ -191,6 +196,19 @@ def worker_group(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapp
         "rayStartParams": worker_start_params(spec),
         "template": template,
     }
+
+
+def submitter_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapping[str, str]) -> Manifest:
+    """KubeRay's submitter pod (`ray job submit`), spelled out: KubeRay's default one has no
+    securityContext (Pod Security `restricted` rejects it) and none of the job's labels (the job's
+    NetworkPolicy admits its pods by them). No command: KubeRay fills in its own."""
+    resources = {"cpu": "500m", "memory": "512Mi"}
+    container = {"name": SUBMITTER_CONTAINER, "image": spec.image or settings.trainer_image,
+                 "resources": {"requests": dict(resources), "limits": dict(resources)},
+                 "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
+    return {"metadata": {"labels": dict(labels)},
+            "spec": {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,
+                     "securityContext": copy.deepcopy(POD_SECURITY)}}
 
 
 def ray_container(name: str, spec: TrainingJobSpec, settings: OperatorSettings, env: list[Manifest],

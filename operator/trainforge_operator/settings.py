@@ -51,6 +51,14 @@ class OperatorSettings:
     operator_namespace: str | None = None
     jobs_in_own_namespace: bool = False
     """Whether jobs may run in the operator's own namespace (off: its account and secrets live there)."""
+    ray_auth: bool = True
+    """Ray token authentication on every attempt's cluster, with a per-job Secret (guard.py)."""
+    network_policy: bool = True
+    """A NetworkPolicy per job: only its own pods and the KubeRay operator reach its pods."""
+    kuberay_namespace: str | None = None
+    """The KubeRay operator's namespace, for the NetworkPolicy; None: its pods in any namespace."""
+    kuberay_pod_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "kuberay-operator"),)
+    """Labels of the KubeRay operator's pods (its chart's), for the NetworkPolicy."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
@@ -74,7 +82,23 @@ class OperatorSettings:
             operator_service_account=env.get("TRAINFORGE_OPERATOR_SERVICE_ACCOUNT") or None,
             operator_namespace=env.get("TRAINFORGE_OPERATOR_NAMESPACE") or None,
             jobs_in_own_namespace=env.get("TRAINFORGE_JOBS_IN_OPERATOR_NAMESPACE", "").lower() in ("1", "true"),
+            ray_auth=env.get("TRAINFORGE_RAY_AUTH", "true").lower() not in ("0", "false"),
+            network_policy=env.get("TRAINFORGE_NETWORK_POLICY", "true").lower() not in ("0", "false"),
+            kuberay_namespace=env.get("TRAINFORGE_KUBERAY_NAMESPACE") or None,
+            kuberay_pod_labels=_labels(env.get("TRAINFORGE_KUBERAY_POD_LABELS",
+                                               "app.kubernetes.io/name=kuberay-operator")),
         )
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    """`k=v,k2=v2` as pairs; a pair without `=` is a configuration error, said at start-up."""
+    pairs = []
+    for item in _names(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"TRAINFORGE_KUBERAY_POD_LABELS: {item!r} is not key=value")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -101,6 +101,12 @@ def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
         assert rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
         head_env = {e["name"]: e.get("value") for e in
                     rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+        # The job's Ray cluster is fenced before its first attempt: a token Secret and a NetworkPolicy, the job's.
+        assert rj["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token", "secretName": "digits-ray-auth"}
+        for api, plural, name in (("v1", "secrets", "digits-ray-auth"),
+                                  ("networking.k8s.io/v1", "networkpolicies", "digits-ray")):
+            owners = kube.get(api, plural, "default", name)["metadata"]["ownerReferences"]
+            assert [o["uid"] for o in owners] == [created["metadata"]["uid"]], (plural, owners)
         payload = json.loads(head_env["TRAINFORGE_JOB"])
         assert (payload["storage"], payload["attempt"], payload["runName"]) == ("s3://ckpt/runs/default", 1, "digits")
         st = status(kube)
@@ -117,6 +123,17 @@ def test_a_job_becomes_a_rayjob_then_runs_and_succeeds(kube: Kube) -> None:
         assert run.module.metrics.REGISTRY.get_sample_value("trainforge_attempts_total") == attempts_before + 1
         assert registry.get_sample_value("trainforge_jobs", {"phase": "Succeeded"}) == succeeded_before + 1
         assert "trainforge_reconcile_seconds_count" in metrics
+
+
+def test_a_token_secret_planted_under_the_jobs_name_is_never_used(kube: Kube) -> None:
+    """Whoever made it knows the token: the job fails naming the Secret instead of running behind it."""
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "digits-ray-auth", "namespace": "default"},
+                 "data": {"auth_token": "a25vd24="}})
+    with run_operator(kube, module=MODULE, check=False):  # the refusal is logged as an error
+        kube.create(job_doc())
+        st = wait_phase(kube, "Failed")
+        assert "Secret digits-ray-auth exists and is not this job's" in st["message"], st
+        assert not kube.exists(RAY, "rayjobs", "default", "digits-a1")
 
 
 def test_an_operator_restart_mid_job_creates_no_duplicate_and_loses_no_state(kube: Kube) -> None:

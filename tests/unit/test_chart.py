@@ -85,6 +85,7 @@ def test_the_rendered_crd_is_the_generated_one_and_takes_the_examples(repo_root:
     ({"metrics": {"port": 70000}}, "metrics.port"),
     ({"metrics": {"address": "localhost; rm -rf /"}}, "metrics.address"),
     ({"operator": {"healthAddress": "any"}}, "operator.healthAddress"),
+    ({"trainer": {"networkPolicy": {"kuberayNamespace": "Kube_Ray"}}}, "trainer.networkPolicy.kuberayNamespace"),
     ({"replicas": 2}, "additional properties 'replicas' not allowed"),
 ])
 def test_values_schema_rejects_bad_values(values: dict[str, Any], field: str) -> None:
@@ -116,6 +117,24 @@ def test_health_and_metrics_listen_where_the_values_say() -> None:
     assert {"--health-address=0.0.0.0", "--metrics-address=0.0.0.0"} <= set(args_of({}))
     narrowed = args_of({"operator": {"healthAddress": "::"}, "metrics": {"address": "127.0.0.1"}})
     assert {"--health-address=::", "--metrics-address=127.0.0.1"} <= set(narrowed)
+
+
+def test_every_jobs_ray_cluster_is_fenced_unless_turned_off() -> None:
+    """The operator makes each job's token Secret and NetworkPolicy (trainforge_operator.guard) from these."""
+    def env_of(values: dict[str, Any]) -> dict[str, Any]:
+        (container,) = find(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    env = env_of({})
+    assert (env["TRAINFORGE_RAY_AUTH"], env["TRAINFORGE_NETWORK_POLICY"]) == ("true", "true")
+    assert env["TRAINFORGE_KUBERAY_POD_LABELS"] == "app.kubernetes.io/name=kuberay-operator"
+    assert env["TRAINFORGE_KUBERAY_NAMESPACE"] == ""
+    custom = env_of({"trainer": {"rayAuth": False, "networkPolicy": {
+        "enabled": False, "kuberayNamespace": "kuberay",  # null drops a default key (Helm merges maps)
+        "kuberayPodLabels": {"app.kubernetes.io/name": None, "app": "kuberay", "tier": "ctl"}}}})
+    assert (custom["TRAINFORGE_RAY_AUTH"], custom["TRAINFORGE_NETWORK_POLICY"]) == ("false", "false")
+    assert (custom["TRAINFORGE_KUBERAY_NAMESPACE"], custom["TRAINFORGE_KUBERAY_POD_LABELS"]) == (
+        "kuberay", "app=kuberay,tier=ctl")
 
 
 def test_the_operator_knows_its_own_account_and_what_jobs_may_run_as() -> None:

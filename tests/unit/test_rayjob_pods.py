@@ -129,7 +129,9 @@ def test_the_specs_grace_period_sets_the_pods_the_hook_and_the_job_stop_wait() -
 # --- pod security: `restricted`, and no token where user code runs without need ------------------
 
 def pod_specs(rayjob: dict[str, Any]) -> list[dict[str, Any]]:
-    return [head_of(rayjob)["template"]["spec"], workers_of(rayjob)["template"]["spec"]]
+    """Every pod an attempt has: head, workers and KubeRay's submitter (`ray job submit`)."""
+    return [head_of(rayjob)["template"]["spec"], workers_of(rayjob)["template"]["spec"],
+            rayjob["spec"]["submitterPodTemplate"]["spec"]]
 
 
 @pytest.mark.parametrize("case", sorted(SCHEMA_CASES))
@@ -150,6 +152,6 @@ def test_the_restricted_checker_is_not_vacuous() -> None:
 
 
 def test_worker_pods_mount_no_service_account_token_and_the_head_keeps_its_own() -> None:
-    head, workers = pod_specs(build(serviceAccountName="trainer"))
-    assert workers["automountServiceAccountToken"] is False
+    head, workers, submitter = pod_specs(build(serviceAccountName="trainer"))
+    assert workers["automountServiceAccountToken"] is False and submitter["automountServiceAccountToken"] is False
     assert "automountServiceAccountToken" not in head and head["serviceAccountName"] == "trainer"

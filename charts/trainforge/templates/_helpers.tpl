@@ -46,3 +46,12 @@ release's own unless trainer.allowJobsInReleaseNamespace (the operator refuses j
 {{- define "trainforge.peering" -}}
 {{- if gt (int .Values.operator.replicas) 1 -}}{{ include "trainforge.fullname" . }}{{- end -}}
 {{- end -}}
+
+{{/* A string map as k=v,k2=v2 (sorted by key), for an env var. */}}
+{{- define "trainforge.pairs" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
