@@ -22,6 +22,7 @@ from trainforge.spec.contract import (
     LABEL_MANAGED_BY,
     LINEAGE_ENV,
     RAY_API_VERSION,
+    SIGNING_KEY_ENV,
     SPEC_ENV,
     TRAINER_MODULE,
     TrainerPayload,
@@ -289,6 +290,8 @@ def storage_env_vars(spec: TrainingJobSpec, endpoint: str | None) -> list[Manife
     if secret:
         env += [secret_env("AWS_ACCESS_KEY_ID", secret), secret_env("AWS_SECRET_ACCESS_KEY", secret),
                 secret_env("AWS_SESSION_TOKEN", secret, optional=True)]
+    if spec.checkpoint.signing_key_secret:  # every rank writes or checks manifests
+        env.append(secret_env(SIGNING_KEY_ENV, spec.checkpoint.signing_key_secret))
     if endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
     if spec.checkpoint.region:

@@ -115,3 +115,32 @@ def test_a_pickle_that_runs_code_is_refused_even_with_a_matching_manifest(
     assert step == 6
     assert len(skipped) == 1 and "unsafe contents" in skipped[0], skipped
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("forgery", ["altered", "unsigned"])
+def test_with_signing_on_a_manifest_written_without_the_key_is_skipped_and_never_laundered(
+        forgery: str, moto_endpoint: str, bucket: str, s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone who can write the bucket but lacks the key rewrites the newest manifest: with its
+    file hashes swapped for a file of theirs (altered), or as a fresh, unsigned one."""
+    monkeypatch.setenv("TRAINFORGE_CHECKPOINT_KEY", "k" * 8 + uuid.uuid4().hex)
+    newest = trained_run(moto_endpoint, bucket)
+    signed = json.loads(s3.get_object(Bucket=bucket, Key=f"{newest}/manifest.json")["Body"].read())
+    assert signed["signature"].startswith("hmac-sha256:")
+
+    def forge(doc: dict[str, Any]) -> None:
+        doc["metrics"]["val_accuracy"] = 1.0  # any change at all: the signature covers every field
+        if forgery == "unsigned":
+            del doc["signature"]
+
+    rewrite_manifest(s3, bucket, newest, forge)
+    step, skipped = resumed(moto_endpoint, bucket)
+    assert step == 6, skipped
+    why = "does not match" if forgery == "altered" else "not signed"
+    assert len(skipped) == 1 and "step 8" in skipped[0] and why in skipped[0], skipped
+    # The resume's corrupt mark did not re-sign the forgery: it stays unusable.
+    target = resolve_storage(f"s3://{bucket}/runs", endpoint=moto_endpoint)
+    (entry,) = [e for e in list_checkpoints(target.filesystem, target.run_path("job")) if e.step == 8]
+    assert not entry.verdict.valid and why in entry.verdict.reason
+    monkeypatch.delenv("TRAINFORGE_CHECKPOINT_KEY")  # without the key nothing is checked: it would load
+    (entry,) = [e for e in list_checkpoints(target.filesystem, target.run_path("job")) if e.step == 8]
+    assert entry.verdict.valid

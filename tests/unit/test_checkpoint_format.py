@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -183,3 +184,22 @@ def test_the_status_best_is_a_checkpoint_retention_keeps(tmp_path: Path) -> None
     Retention.for_spec(spec).apply(LOCAL, str(tmp_path))
     valid = [e.step for e in list_checkpoints(LOCAL, str(tmp_path)) if e.verdict.valid]
     assert valid == [3, 4] and tracker.best["uri"] == str(tmp_path / "checkpoint_3")
+
+
+def test_signing_covers_every_field_and_refuses_a_short_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainforge.checkpoints import signing
+
+    manifest = Manifest.from_json(Manifest(step=8, epoch=1, batches_in_epoch=0, samples_in_epoch=0, world_size=1,
+                                           strategy="ddp", spec_hash="h", files={}).to_json())
+    key = b"0123456789abcdef0123"
+    signed = dataclasses.replace(manifest, signature=signing.sign(manifest, key))
+    assert signing.signature_problem(Manifest.from_json(signed.to_json()), key) == ""  # survives the round trip
+    for change in ({"step": 9}, {"status": "corrupt"}, {"metrics": {"val_loss": 0.1}}, {"owner": {"uid": "x"}}):
+        assert "does not match" in signing.signature_problem(dataclasses.replace(signed, **change), key), change
+    assert "does not match" in signing.signature_problem(signed, b"another key, long enough")
+    assert "not signed" in signing.signature_problem(manifest, key)
+    monkeypatch.setenv(signing.KEY_ENV, "short")
+    with pytest.raises(ValueError, match="TRAINFORGE_CHECKPOINT_KEY is 5 characters"):
+        signing.signing_key()
+    monkeypatch.delenv(signing.KEY_ENV)
+    assert signing.signing_key() is None

@@ -155,3 +155,11 @@ def test_worker_pods_mount_no_service_account_token_and_the_head_keeps_its_own()
     head, workers, submitter = pod_specs(build(serviceAccountName="trainer"))
     assert workers["automountServiceAccountToken"] is False and submitter["automountServiceAccountToken"] is False
     assert "automountServiceAccountToken" not in head and head["serviceAccountName"] == "trainer"
+
+
+def test_the_signing_key_secret_reaches_every_rank() -> None:
+    rayjob = build(checkpoint={"storage": "s3://ckpt/runs", "signingKeySecret": "ckpt-key"})
+    for group in (head_of(rayjob), workers_of(rayjob)):
+        assert env_of(group)["TRAINFORGE_CHECKPOINT_KEY"] == {"name": "TRAINFORGE_CHECKPOINT_KEY", "valueFrom": {
+            "secretKeyRef": {"name": "ckpt-key", "key": "TRAINFORGE_CHECKPOINT_KEY"}}}
+    assert "TRAINFORGE_CHECKPOINT_KEY" not in env_of(head_of(build()))

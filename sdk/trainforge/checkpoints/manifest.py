@@ -14,12 +14,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from .retry import Retry
+from .signing import sign, signature_problem, signing_key
 
 FORMAT = "trainforge.checkpoint/v2"
 """v2 adds `ranks` (each rank's files) and `corrupt_reason`; v1 manifests are read as before."""
@@ -68,6 +69,8 @@ class Manifest:
     """The job that wrote it (namespace, name, uid; see `owner.RunOwner`); empty before run ownership."""
     created: float = field(default_factory=time.time)
     format: StrictStr = FORMAT
+    signature: StrictStr = ""
+    """`hmac-sha256:<hex>` of every other field, when signing is on (signing.py)."""
 
     @property
     def size(self) -> int:
@@ -170,6 +173,9 @@ def _write_text(fs: Any, target: str, text: str) -> None:
 
 
 def write_manifest(fs: Any, path: str, manifest: Manifest, retry: Retry | None = None) -> None:
+    """Write it (signed when signing is on: every rewrite, a prune's or a corrupt mark's too)."""
+    if (key := signing_key()) is not None:
+        manifest = replace(manifest, signature=sign(manifest, key))
     target = _join(path, MANIFEST)
     _io(retry, f"writing {target}", _write_text, fs, target, manifest.to_json())
 
@@ -223,6 +229,8 @@ def verify(fs: Any, path: str, manifest: Manifest | None = None, hashes: bool = 
         return Verdict(False, f"no {MANIFEST} (the save did not finish)")
     if manifest.status == "pruned":
         return Verdict(False, "pruned")
+    if (key := signing_key()) is not None and (problem := signature_problem(manifest, key)):
+        return Verdict(False, problem)
     verdict = _check_files(fs, path, manifest, hashes, retry)
     if manifest.status == "corrupt":
         was = f"marked corrupt ({manifest.corrupt_reason or 'no reason recorded'})"

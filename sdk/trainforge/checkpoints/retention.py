@@ -21,6 +21,7 @@ from .listing import CheckpointEntry, list_checkpoints
 from .manifest import MANIFEST, write_manifest
 from .owner import RunOwner
 from .retry import Retry
+from .signing import may_rewrite
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,15 @@ def plan_retention(entries: Iterable[CheckpointEntry], keep: int, best_metric: s
 
 
 def mark_corrupt(fs: Any, entry: CheckpointEntry, reason: str, retry: Retry | None = None) -> None:
-    """Record that a resume found the checkpoint unusable, keeping its file list and its data."""
-    if entry.manifest is not None:
+    """Record that a resume found the checkpoint unusable, keeping its file list and its data. A
+    manifest that fails its signature is left as it is (skipped by every resume all the same)."""
+    if entry.manifest is not None and may_rewrite(entry.manifest):
         write_manifest(fs, entry.path, replace(entry.manifest, status="corrupt", corrupt_reason=reason), retry)
 
 
 def mark_complete(fs: Any, entry: CheckpointEntry, retry: Retry | None = None) -> None:
     """A checkpoint marked corrupt verified after all (its late part landed): it counts again."""
-    if entry.manifest is not None and entry.manifest.status == "corrupt":
+    if entry.manifest is not None and entry.manifest.status == "corrupt" and may_rewrite(entry.manifest):
         write_manifest(fs, entry.path, replace(entry.manifest, status="complete", corrupt_reason=""), retry)
 
 

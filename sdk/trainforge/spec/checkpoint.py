@@ -32,6 +32,10 @@ class CheckpointConfig(SpecModel):
     region: str | None = None
     credentials_secret: str | None = None
     """Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, mounted as env on a cluster."""
+    signing_key_secret: str | None = None
+    """Kubernetes Secret whose `TRAINFORGE_CHECKPOINT_KEY` signs every manifest (HMAC-SHA256) and is
+    required of every checkpoint resume takes: a writer of the bucket without the key cannot forge
+    one. Locally, set TRAINFORGE_CHECKPOINT_KEY in the environment instead."""
     every_steps: PositiveInt | None = None
     every_seconds: PositiveFloat | None = None
     every_epoch: bool = True
@@ -86,7 +90,7 @@ class CheckpointConfig(SpecModel):
             raise ValueError(f"{value!r} must be an http(s) URL of the S3 endpoint, e.g. http://minio:9000")
         return value
 
-    @field_validator("credentials_secret")
+    @field_validator("credentials_secret", "signing_key_secret")
     @classmethod
     def _secret_name(cls, value: str | None) -> str | None:
         if value is not None and (len(value) > 253 or not _SECRET_NAME.match(value)):

@@ -49,6 +49,8 @@ SUPERVISOR_MODULE = "trainforge_trainer.local.supervisor"
 """The local backend's per-job process: `python -m trainforge_trainer.local.supervisor JOB_DIR`."""
 TRAINER_EXTRA_HINT = "install the trainer with `pip install 'trainforge[trainer]'` (torch and Ray)"
 
+SIGNING_KEY_ENV = "TRAINFORGE_CHECKPOINT_KEY"
+"""Env var (and the key in spec.checkpoint.signingKeySecret's Secret) holding the manifest signing key."""
 LINEAGE_ENV = "TRAINFORGE_LINEAGE"
 """Env var on every pod (head and workers) of an attempt: its lineage id (`lineage_id`). The preStop
 hook of a pod finds the attempt's stop flag by it."""
