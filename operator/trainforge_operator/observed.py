@@ -80,6 +80,9 @@ def disrupted(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     preemption, not a failure of the job."""
     names = []
     for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):  # deleted (kubectl delete pod, a node going)
+            names.append((pod.get("metadata") or {}).get("name", "?"))
+            continue
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
                 names.append((pod.get("metadata") or {}).get("name", "?"))

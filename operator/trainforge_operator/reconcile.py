@@ -37,7 +37,8 @@ class Decision:
 
 def timing(settings: OperatorSettings) -> Timing:
     return Timing(suspend_grace_s=settings.suspend_grace_s, head_lost_grace_s=settings.head_lost_grace_s,
-                  resync_s=settings.resync_s, fence_wait_s=settings.fence_wait_s)
+                  resync_s=settings.resync_s, fence_wait_s=settings.fence_wait_s,
+                  preemption_needs_evidence=True)  # the trainer runs user code with a token: see Timing
 
 
 def reconcile(obs: Observed, settings: OperatorSettings) -> Decision:

@@ -239,7 +239,10 @@ def test_an_outcome_written_while_the_operator_reads_is_not_missed(kube: Kube, m
 
     def trainer_preempted_meanwhile(*args: Any, **kwargs: Any) -> Any:
         result = call_api(*args, **kwargs)
-        if not calls:  # right after the operator's first read: the trainer reports, exits, the RayJob fails
+        if not calls:  # right after the operator's first read: the pod is evicted, the trainer reports and
+            # exits, the RayJob fails
+            kube.patch_status("v1", "pods", "default", "digits-a1-head", {"conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]})
             kube.patch_status(TJ, "trainingjobs", "default", "digits",
                               {"outcome": {"attempt": 1, "result": "preempted", "message": "SIGTERM at step 40"}})
             set_rayjob(kube, 1, "FAILED", "Failed")

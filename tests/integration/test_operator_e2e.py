@@ -70,7 +70,11 @@ def test_a_preempted_then_killed_job_resumes_each_time_and_succeeds(
     kube.create(digits_job("flaky", bucket, moto_endpoint, pause_s=0.03, epochs=2))
     first = cluster.attempt("default", "flaky-a1")
     wait_status(kube, "flaky", "a first checkpoint", lambda s: s.get("latestCheckpoint"))
-    os.killpg(first.process.pid, signal.SIGTERM)  # preemption: checkpoint, exit 75
+    # A preemption: Kubernetes marks the pod (the operator's evidence), the trainer gets SIGTERM,
+    # checkpoints and exits 75 (a SIGTERM alone would count as a failure: see test_reconcile_preemption).
+    kube.patch_status("v1", "pods", "default", f"{first.cluster}-head", {"conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]})
+    os.killpg(first.process.pid, signal.SIGTERM)
     st = wait_status(kube, "flaky", "attempt 2", lambda s: s.get("attempt") == 2)
     assert first.process.wait(30) == 75
     assert (st["preemptions"], st["restarts"]) == (1, 0) and st["outcome"]["result"] == "preempted"

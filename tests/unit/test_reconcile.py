@@ -139,38 +139,6 @@ def test_restarts_exhausted_fail_the_job_with_the_last_error() -> None:
     assert decision.create is None and cond(doc, "Failed")["status"] == "True"
 
 
-def test_the_trainers_preempted_outcome_is_a_preemption_not_a_failure() -> None:
-    first, doc, _ = running()
-    doc["status"]["outcome"] = {"attempt": 1, "result": "preempted", "message": "TrainingPreempted: step 40"}
-    decision, doc = step(doc, rayjob(first, "FAILED", "Failed"), at=60)
-    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 0 and doc["status"]["attempt"] == 2
-    assert "Preempted" in reasons(decision) and doc["status"]["reason"] == "Preempted"
-
-
-def test_an_outcome_of_an_earlier_attempt_is_not_this_attempts() -> None:
-    first, doc, _ = running()
-    doc["status"]["outcome"] = {"attempt": 0, "result": "preempted"}
-    _, doc = step(doc, rayjob(first, "FAILED", "Failed"), at=60)
-    assert doc["status"]["preemptions"] == 0 and doc["status"]["restarts"] == 1
-
-
-def test_a_disruption_target_pod_makes_it_a_preemption() -> None:
-    first, doc, _ = running()
-    _, doc = step(doc, rayjob(first, "FAILED", "Failed"), (pod(head=False, disrupted=True, name="w0"),), at=60)
-    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 0
-
-
-def test_a_disruption_seen_while_running_counts_when_the_pod_is_gone_at_the_end() -> None:
-    first, doc, rj = running()
-    seen, doc = step(doc, rj, (pod(), pod(head=False, disrupted=True, name="w0")), at=20)
-    assert doc["status"]["disruptedAttempt"] == 1 and seen.create is None and not seen.delete
-    ended, doc = step(doc, rayjob(first, "FAILED", "Failed"), (pod(),), at=60)  # the evicted worker is gone
-    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 0 and doc["status"]["attempt"] == 2
-    assert "Preempted" in reasons(ended) and "disruptedAttempt" not in doc["status"]
-    second, doc = step(doc, rayjob(ended, "FAILED", "Failed"), (pod(),), at=90)  # attempt 2 was not disrupted
-    assert doc["status"]["preemptions"] == 1 and doc["status"]["restarts"] == 1 and second.create is not None
-
-
 def test_a_preempted_head_that_vanishes_is_a_preemption() -> None:
     _, doc, rj = running()
     _, doc = step(doc, rj, (pod(disrupted=True),), at=5)

@@ -298,10 +298,17 @@ class Lifecycle:
         return outcome if outcome is not None and outcome.attempt == self.attempt else None
 
     def _preempted(self, attempt: AttemptView) -> bool:
-        """The trainer said so, or its pods were marked for disruption, now or before."""
+        """Its pods were marked for disruption (now or before), or the trainer said so: on its word
+        alone only where the backend trusts it (Timing.preemption_needs_evidence)."""
+        seen = attempt.disrupted or self.status.disrupted_attempt == self.attempt
         outcome = self._outcome()
         said = outcome is not None and outcome.result == AttemptResult.PREEMPTED
-        return said or attempt.disrupted or self.status.disrupted_attempt == self.attempt
+        if said and not seen and self.timing.preemption_needs_evidence:
+            self.event(EventType.WARNING, Reason.PREEMPTION_UNCONFIRMED,
+                       f"attempt {self.attempt} reported a preemption that no pod of it shows (none was marked for "
+                       "disruption or deleted): counted as a failure")
+            return False
+        return said or seen
 
     def set_condition(self, type_: ConditionType, status: str, reason: str, message: str) -> None:
         current = conds.get(self.status.conditions, type_)

@@ -62,6 +62,10 @@ class Timing:
     fence_wait_s: float = 120.0
     """How long a new attempt waits for an earlier one's pods to go; after that it starts anyway
     (with a Warning) and the run's owner record stops the old writer."""
+    preemption_needs_evidence: bool = False
+    """Count a trainer's "preempted" as a (free) preemption only when the backend saw it too: a pod
+    marked for disruption or deleted, or a suspension. On a cluster the trainer runs the user's code
+    with a token that can write the job's status; a preemption claimed alone counts as a failure."""
 
 
 @dataclass(frozen=True)

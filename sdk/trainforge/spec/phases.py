@@ -41,6 +41,7 @@ class Reason(StrEnum):
     ATTEMPT_RUNNING = "AttemptRunning"
     ATTEMPT_FAILED = "AttemptFailed"
     PREEMPTED = "Preempted"
+    PREEMPTION_UNCONFIRMED = "PreemptionUnconfirmed"
     RESTARTS_EXHAUSTED = "RestartsExhausted"
     SUCCEEDED = "Succeeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
