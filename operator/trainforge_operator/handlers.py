@@ -21,7 +21,7 @@ from trainforge.spec.phases import TERMINAL_PHASES
 
 from . import metrics
 from .kube import Kube
-from .reconcile import Decision, reconcile, refused
+from .reconcile import Decision, Ledger, reconcile, refused
 from .settings import OperatorSettings
 
 FINALIZER = f"{API_GROUP}/finalizer"
@@ -38,6 +38,8 @@ class OperatorState:
         self.running = True
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.generations: dict[tuple[str, str], int | None] = {}
+        self.ledgers: dict[tuple[str, str], Ledger] = {}
+        """What each job's status holds in reconcile.LEDGER_FIELDS as this operator last wrote it."""
 
     @functools.cached_property
     def kube(self) -> Kube:
@@ -89,19 +91,19 @@ async def run_job(stopped: kopf.DaemonStopped, namespace: str, name: str, logger
 
 def reconcile_job(state: OperatorState, namespace: str, name: str, logger: logging.Logger) -> float | None:
     """One pass; returns seconds until the next one (None: the job is gone)."""
-    started = time.monotonic()
+    started, key = time.monotonic(), (namespace, name)
     try:
         kube = state.kube
         obs = kube.observe(namespace, name)
         if obs is None:
             return None
-        decision = reconcile(obs, state.settings)
-        refusal = kube.apply(obs, decision, functools.partial(_publish, kube, obs.job, decision, logger))
+        decision = reconcile(obs, state.settings, state.ledgers.pop(key, None))  # back once the status is written
+        refusal = kube.apply(obs, decision, functools.partial(_written, state, key, kube, obs.job, decision, logger))
         if refusal is not None:
             logger.error("%s", refusal)
             obs = kube.observe(namespace, name) or obs
             decision = refused(obs, state.settings, refusal)
-            kube.apply(obs, decision, functools.partial(_publish, kube, obs.job, decision, logger))
+            kube.apply(obs, decision, functools.partial(_written, state, key, kube, obs.job, decision, logger))
         phase = decision.status.get("phase") or (obs.job.get("status") or {}).get("phase")
         metrics.JOBS.set(namespace, name, phase)
         if decision.delete_job:
@@ -117,6 +119,15 @@ def reconcile_job(state: OperatorState, namespace: str, name: str, logger: loggi
         return ERROR_RETRY_S
     finally:
         metrics.LATENCY.observe(time.monotonic() - started)
+
+
+def _written(state: OperatorState, key: tuple[str, str], kube: Kube, job: dict[str, Any], decision: Decision,
+             logger: logging.Logger) -> None:
+    """The status is written: remember what it now holds, then publish what the decision said. A pass
+    that fails before this leaves no ledger (the write may have landed): the next takes the status as read."""
+    if decision.ledger is not None:
+        state.ledgers[key] = decision.ledger
+    _publish(kube, job, decision, logger)
 
 
 def _publish(kube: Kube, job: dict[str, Any], decision: Decision, logger: logging.Logger) -> None:

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainforge.lifecycle import Event, Lifecycle, Reason, Timing, Transition, parse_status
+from trainforge.lifecycle.types import dump
 from trainforge.spec.contract import attempt_name
+from trainforge.spec.phases import EventType
 
 from . import policy
 from .edits import SpecToRun, spec_to_run
@@ -33,6 +35,21 @@ class Decision:
     """The TrainingJob's TTL after finishing has passed."""
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    ledger: Ledger | None = None
+    """What this decision leaves in the status's LEDGER_FIELDS, for the next pass to hold it to."""
+
+
+LEDGER_FIELDS = ("attempt", "restarts", "preemptions", "startTime")
+"""Counters and the deadline clock, which only the operator writes. The trainer's token can write
+the status subresource (the chart's ValidatingAdmissionPolicy stops it where Kubernetes has one):
+the operator remembers what it wrote and puts back anything else, so a job cannot buy itself
+restarts or time. Kept in memory: after an operator restart the stored values are taken as read."""
+
+
+@dataclass(frozen=True)
+class Ledger:
+    uid: str
+    values: tuple[tuple[str, Any], ...]
 
 
 def timing(settings: OperatorSettings) -> Timing:
@@ -41,8 +58,8 @@ def timing(settings: OperatorSettings) -> Timing:
                   preemption_needs_evidence=True)  # the trainer runs user code with a token: see Timing
 
 
-def reconcile(obs: Observed, settings: OperatorSettings) -> Decision:
-    machine = _machine(obs)
+def reconcile(obs: Observed, settings: OperatorSettings, ledger: Ledger | None = None) -> Decision:
+    machine = _machine(obs, ledger)
     view = attempt_view(obs, machine.attempt, _said_goodbye(machine))
     to_run: SpecToRun | None = None
     if not machine.phase.is_terminal:
@@ -66,13 +83,22 @@ def refused(obs: Observed, settings: OperatorSettings, why: str) -> Decision:
     return _decision(obs, machine.transition(), None, settings)
 
 
-def _machine(obs: Observed) -> Lifecycle:
+def _machine(obs: Observed, ledger: Ledger | None = None) -> Lifecycle:
     meta = obs.job.get("metadata") or {}
-    raw = obs.job.get("status") or {}
+    raw = dict(obs.job.get("status") or {})
+    restored = []
+    if ledger is not None and ledger.uid == meta.get("uid"):
+        for key, value in ledger.values:
+            if raw.get(key) != value:
+                restored.append(f"{key} {raw.get(key)!r} -> {value!r}")
+                raw[key] = value
     status, dropped = parse_status(raw)
     if dropped:  # status is untrusted input: what does not validate is rewritten, never trusted
         log.warning("TrainingJob %s: status fields %s do not validate and are ignored", meta.get("name"), dropped)
     machine = Lifecycle(status, obs.now, meta.get("generation"), meta.get("name", ""))
+    if restored:
+        machine.event(EventType.WARNING, Reason.STATUS_RESTORED, "status written outside the operator, put back: "
+                      + ", ".join(restored))
     ttl = (obs.job.get("spec") or {}).get("ttlSecondsAfterFinished")
     machine.ttl_after_finished = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None
     return machine
@@ -81,7 +107,10 @@ def _machine(obs: Observed) -> Lifecycle:
 def _decision(obs: Observed, transition: Transition, to_run: SpecToRun | None,
               settings: OperatorSettings) -> Decision:
     name = (obs.job.get("metadata") or {}).get("name", "")
+    after = dump(transition.status)
     decision = Decision(status=transition.status_patch(obs.job.get("status") or {}),
+                        ledger=Ledger((obs.job.get("metadata") or {}).get("uid", ""),
+                                      tuple((key, after.get(key)) for key in LEDGER_FIELDS)),
                         delete=[attempt_name(name, n) for n in transition.stops],
                         delete_job=transition.delete_job, events=list(transition.events),
                         requeue_after=transition.requeue_after)

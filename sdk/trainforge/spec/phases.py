@@ -42,6 +42,7 @@ class Reason(StrEnum):
     ATTEMPT_FAILED = "AttemptFailed"
     PREEMPTED = "Preempted"
     PREEMPTION_UNCONFIRMED = "PreemptionUnconfirmed"
+    STATUS_RESTORED = "StatusRestored"
     RESTARTS_EXHAUSTED = "RestartsExhausted"
     SUCCEEDED = "Succeeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
