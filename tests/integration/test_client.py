@@ -58,7 +58,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
                         pod_log=kube.set_pod_log) as standin, run_operator(kube, module=OPERATOR):
 
         def sigterm_entrypoint(name: str, attempt: int) -> None:
-            os.killpg(standin.attempt("default", f"{name}-a{attempt}").process.pid, signal.SIGTERM)
+            # As a drain does: Kubernetes marks the pod first (the operator's evidence of a preemption).
+            running = standin.attempt("default", f"{name}-a{attempt}")
+            kube.patch_status("v1", "pods", "default", f"{running.cluster}-head", {"conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}]})
+            os.killpg(running.process.pid, signal.SIGTERM)
 
         yield Backend(TrainingJobClient(backend="kubernetes", namespace="default", poll_s=0.3), sigterm_entrypoint)
     assert not standin.errors, standin.errors
