@@ -223,15 +223,22 @@ class Kube:
 
     @staticmethod
     def wait_for(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
-        """Poll until the predicate returns something truthy (and return it); API errors count as not yet."""
+        """Poll until the predicate returns something truthy (and return it); API errors count as not yet.
+
+        Note:
+            The interval grows from 20 ms to 250 ms: a quick condition is seen at once, and a long
+            wait does not keep the emulator (and a 2-core machine) busy answering the poll.
+        """
         deadline = time.monotonic() + timeout
+        interval = 0.02
         while True:
             with contextlib.suppress(KubeApiError, TimeoutError):  # TimeoutError: the emulator was busy
                 if result := predicate():
                     return result
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-            time.sleep(0.02)
+            time.sleep(interval)
+            interval = min(interval * 1.5, 0.25)
 
 
 class _QuietServer(aiohttp.test_utils.RawTestServer):
