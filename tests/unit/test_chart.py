@@ -21,7 +21,8 @@ CUSTOM_KINDS = {"ServiceMonitor", "KopfPeering", "ClusterKopfPeering"}
 COMBOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"], "trainer": {"defaultStorage": "s3://ckpt/runs",
-                                                                      "defaultEndpoint": "http://minio:9000"}},
+                                                                      "defaultEndpoint": "http://minio:9000",
+                                                                      "networkPolicy": {"scope": "namespace"}}},
     "ha-monitored": {"operator": {"replicas": 2, "podAnnotations": {"a": "b"}, "priorityClassName": "high"},
                      "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
     "bring-your-own": {
@@ -135,6 +136,28 @@ def test_every_jobs_ray_cluster_is_fenced_unless_turned_off() -> None:
     assert (custom["TRAINFORGE_RAY_AUTH"], custom["TRAINFORGE_NETWORK_POLICY"]) == ("false", "false")
     assert (custom["TRAINFORGE_KUBERAY_NAMESPACE"], custom["TRAINFORGE_KUBERAY_POD_LABELS"]) == (
         "kuberay", "app=kuberay,tier=ctl")
+
+
+def test_scope_namespace_renders_one_network_policy_per_trainer_namespace_instead_of_the_operators() -> None:
+    """What the operator's per-job policy admits (the job's pods, KubeRay), widened to every trainforge
+    job pod of the namespace: a NetworkPolicy cannot match "the pod's own job"."""
+    assert not find(render({}), "NetworkPolicy")  # default scope job: the operator makes them
+    docs = render({"watchNamespaces": ["team-a", "team-b"], "trainer": {"networkPolicy": {
+        "scope": "namespace", "kuberayNamespace": "kuberay"}}})
+    policies = find(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    job_pods = {"matchExpressions": [{"key": "trainforge.dev/job", "operator": "Exists"}]}
+    assert policies[0]["spec"] == {"podSelector": job_pods, "policyTypes": ["Ingress"], "ingress": [{"from": [
+        {"podSelector": job_pods},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay"}}}]}]}
+    (container,) = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRAINFORGE_NETWORK_POLICY"] == "false"  # not both: the chart's would widen the job's
+    off = render({"trainer": {"networkPolicy": {"enabled": False, "scope": "namespace"}}})
+    assert not find(off, "NetworkPolicy")
+    with pytest.raises(ChartError, match="scope"):
+        render({"trainer": {"networkPolicy": {"scope": "cluster"}}})
 
 
 def test_the_operator_knows_its_own_account_and_what_jobs_may_run_as() -> None:
