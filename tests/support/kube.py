@@ -223,14 +223,9 @@ class Kube:
 
     @staticmethod
     def wait_for(predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
-        """Poll until the predicate returns something truthy (and return it); API errors count as not yet.
-
-        Note:
-            The interval grows from 20 ms to 250 ms: a quick condition is seen at once, and a long
-            wait does not keep the emulator (and a 2-core machine) busy answering the poll.
-        """
+        """Poll until the predicate returns something truthy (and return it); API errors count as not yet."""
         deadline = time.monotonic() + timeout
-        interval = 0.02
+        interval = 0.02  # grows to 0.25 s: a 20 ms poll of a long wait kept the emulator busy, starving Ray
         while True:
             with contextlib.suppress(KubeApiError, TimeoutError):  # TimeoutError: the emulator was busy
                 if result := predicate():
