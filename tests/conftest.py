@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,19 +55,42 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """A real moto S3 server on loopback, shared by the session; tests make their own buckets."""
-    from moto.server import ThreadedMotoServer
+    """A real moto S3 server on loopback, shared by the session; tests make their own buckets.
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    Note:
+        In its own process: in-process (`ThreadedMotoServer`) it shares pytest's GIL with kopf, the
+        emulated API server and the stand-ins, and on the 2-core CI machine every S3 request then
+        waits behind them.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    log = open(Path(tempfile.gettempdir()) / f"moto-{port}.log", "wb")  # noqa: SIM115 - lives as long as the server
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        _wait_until_serving(endpoint, server)
+        yield endpoint
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+def _wait_until_serving(endpoint: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto server exited with {server.returncode}; see its log under /tmp/moto-*.log")
+        try:
+            requests.get(f"{endpoint}/moto-api/", timeout=2)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server at {endpoint} did not answer within {timeout:.0f} s")
 
 
 @pytest.fixture

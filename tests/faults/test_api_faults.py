@@ -37,7 +37,7 @@ HANG_S = 30.0
 @pytest.fixture(autouse=True)
 def fast_operator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TRAINFORGE_DEFAULT_STORAGE", "s3://ckpt/runs")
-    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "0.5")
+    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "2")
     yield
 
 

@@ -53,7 +53,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         yield Backend(TrainingJobClient(backend="local", root=root, poll_s=0.3), sigterm_supervisor)
         return
     kube: Kube = request.getfixturevalue("kube")
-    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "0.5")
+    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "2")
     with KubeRayStandIn(kube.api_client(), tmp_path, address, {"TRAINFORGE_STATUS_INTERVAL_S": "0"},
                         pod_log=kube.set_pod_log) as standin, run_operator(kube, module=OPERATOR):
 

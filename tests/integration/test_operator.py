@@ -24,7 +24,7 @@ TJ, RAY = "trainforge.dev/v1alpha1", "ray.io/v1"
 @pytest.fixture(autouse=True)
 def fast_operator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TRAINFORGE_DEFAULT_STORAGE", "s3://ckpt/runs")
-    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "0.5")
+    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "2")
     monkeypatch.setenv("TRAINFORGE_HEAD_LOST_GRACE_S", "1")
     monkeypatch.setenv("TRAINFORGE_SUSPEND_GRACE_S", "1")
     yield

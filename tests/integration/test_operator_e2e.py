@@ -30,7 +30,7 @@ TJ = "trainforge.dev/v1alpha1"
 def cluster(kube: Kube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeRayStandIn]:
     import ray
 
-    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "0.5")
+    monkeypatch.setenv("TRAINFORGE_RESYNC_S", "2")
     with KubeRayStandIn(kube.api_client(), tmp_path, ray.get_runtime_context().gcs_address,
                         {"TRAINFORGE_STATUS_INTERVAL_S": "0"}) as standin, run_operator(kube, module=MODULE):
         yield standin

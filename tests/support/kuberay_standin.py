@@ -85,7 +85,7 @@ class Eviction:
 
 class KubeRayStandIn:
     def __init__(self, api_client: Any, log_dir: Path, ray_address: str | None,
-                 extra_env: dict[str, str] | None = None, poll_s: float = 0.3,
+                 extra_env: dict[str, str] | None = None, poll_s: float = 0.5,
                  pod_log: PodLog | None = None) -> None:
         from kubernetes import client
 
