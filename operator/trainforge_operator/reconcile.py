@@ -70,6 +70,10 @@ def reconcile(obs: Observed, settings: OperatorSettings, ledger: Ledger | None =
         elif storage_for(to_run.spec, _namespace(obs), settings) is None:
             machine.fail(Reason.NO_STORAGE, "spec.checkpoint.storage: set s3://bucket/prefix (or give the operator "
                                              "a default storage) so attempts can resume from checkpoints", view)
+        elif to_run.spec.runtime is not None and to_run.spec.runtime.needs_upload:
+            machine.fail(Reason.CODE_NOT_SHIPPED, f"spec.runtime.workingDir: {to_run.spec.runtime.working_dir} is a "
+                         "local directory, which the cluster cannot read: submit with `trainforge submit` (it "
+                         "uploads the directory), or apply the manifest `trainforge ship FILE` prints", view)
         else:
             machine.advance(to_run.spec, view, timing(settings))
     return _decision(obs, machine.transition(), to_run, settings)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.utils.data import IterableDataset
 from trainforge.checkpoints import StorageTarget
 from trainforge.spec import TrainingJobSpec
 
-from .task import TaskLoadError, build_task
+from .task import Task, TaskLoadError, build_task
 
 
 class PreflightError(ValueError):
@@ -16,17 +17,24 @@ class PreflightError(ValueError):
 
 def preflight(spec: TrainingJobSpec, cluster: dict[str, float] | None = None) -> None:
     """Import and build the task, and check the job fits the cluster, on the driver."""
+    preflight_task(spec)
+    if cluster is not None:
+        check_fits(spec, cluster)
+
+
+def preflight_task(spec: TrainingJobSpec) -> Task:
+    """The spec's task, built; errors name the field (entrypoint, args, workers)."""
     try:
         task = build_task(spec.task.resolved_entrypoint, spec.task.args)
     except TaskLoadError as exc:
         raise PreflightError(str(exc)) from exc
     except ValueError as exc:  # the task's own argument checks
         raise PreflightError(f"spec.task.args: {exc}") from exc
-    n_train = len(task.train)  # type: ignore[arg-type]
-    if n_train < spec.workers:
-        raise PreflightError(f"spec.workers: {spec.workers} workers but only {n_train} training samples")
-    if cluster is not None:
-        check_fits(spec, cluster)
+    if not isinstance(task.train, IterableDataset):  # a stream's length is not known ahead
+        n_train = len(task.train)  # type: ignore[arg-type]
+        if n_train < spec.workers:
+            raise PreflightError(f"spec.workers: {spec.workers} workers but only {n_train} training samples")
+    return task
 
 
 def check_fits(spec: TrainingJobSpec, cluster: dict[str, float]) -> None:

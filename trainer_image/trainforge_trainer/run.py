@@ -118,6 +118,23 @@ def sweep(job: ClusterJob, writer: StatusSink) -> tuple[AttemptResult, str]:
     return AttemptResult.SUCCEEDED, ""
 
 
+def run_attempt(job: ClusterJob, writer: StatusSink) -> tuple[AttemptResult, str]:
+    """Fetch the job's code (spec.runtime), join the cluster's Ray as a job with that runtime_env, train."""
+    import ray
+    from trainforge.code import CodeError
+
+    from .code_env import runtime_env_of
+
+    try:
+        runtime_env = runtime_env_of(job.spec, job.target.endpoint, job.target.region)
+    except CodeError as exc:  # a package changed in storage, or a URI that names none: retrying cannot help
+        return AttemptResult.REFUSED, str(exc)
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True, runtime_env=runtime_env or None)
+    log.info("TrainingJob %s/%s attempt %d: run %s in %s", job.ref.namespace, job.ref.name, job.ref.attempt,
+             job.run_name, job.target.uri)
+    return (sweep if job.spec.tune else train)(job, writer)
+
+
 def outcome_patch(attempt: int, result: AttemptResult, message: str) -> dict[str, Any]:
     """status.outcome, fenced by the attempt number: what the lifecycle reads to tell a preemption."""
     outcome = AttemptOutcome(attempt=attempt, result=result, message=message, time=utcnow())
@@ -129,16 +146,11 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job = ClusterJob.from_env()
     writer = StatusWriter(job.ref)
-    import ray
-
     from .driver import prepare_ray_env
 
     prepare_ray_env()
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
-    log.info("TrainingJob %s/%s attempt %d: run %s in %s", job.ref.namespace, job.ref.name, job.ref.attempt,
-             job.run_name, job.target.uri)
     try:
-        result, message = (sweep if job.spec.tune else train)(job, writer)
+        result, message = run_attempt(job, writer)
     except Exception as exc:  # still tell the operator why, then fail the attempt
         log.exception("the attempt failed")
         result, message = AttemptResult.FAILED, f"{type(exc).__name__}: {exc}"

@@ -8,7 +8,7 @@ from .. import __version__
 from .ckpt_cmd import checkpoints
 from .job_cmds import COMMANDS as JOB_COMMANDS
 from .run_cmd import run
-from .spec_cmds import crd, validate, version
+from .spec_cmds import crd, ship, validate, version
 from .tune_cmd import tune_results
 
 
@@ -20,6 +20,7 @@ def cli() -> None:
 
 cli.add_command(validate)
 cli.add_command(crd)
+cli.add_command(ship)
 cli.add_command(version)
 cli.add_command(run)
 for command in JOB_COMMANDS:

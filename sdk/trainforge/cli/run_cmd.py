@@ -23,8 +23,11 @@ from .console import err, out
 @click.option("--storage", help="Run storage: a directory or s3://bucket/prefix (default ./trainforge-runs).")
 @click.option("--name", help="Run name (default metadata.name); the same name and storage resume a run.")
 @click.option("--fresh", is_flag=True, help="Discard this run's checkpoints and start over (default: resume).")
+@click.option("--dry-run", is_flag=True,
+              help="Build the task and model (meta device), check a first batch, print the plan; no training.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def run(file: Path, workers: int | None, storage: str | None, name: str | None, fresh: bool, output: str) -> None:
+def run(file: Path, workers: int | None, storage: str | None, name: str | None, fresh: bool, dry_run: bool,
+        output: str) -> None:
     """Run a TrainingJob locally on embedded Ray: same trainer code path as on a cluster.
 
     Running it again with the same name and storage resumes from the newest valid checkpoint.
@@ -38,6 +41,9 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
     if len(jobs) != 1:
         raise click.UsageError(f"{file} holds {len(jobs)} TrainingJobs; run takes exactly one")
     local = _local_run_class()(jobs[0], workers=workers, storage=storage, name=name, fresh=fresh)
+    if dry_run:
+        _dry_run(local, output)
+        return
     if local.spec.tune is not None:
         _sweep(local, output)
         return
@@ -55,6 +61,26 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
     else:
         _print_summary(outcome)
     sys.exit(outcome.exit_code)
+
+
+def _dry_run(local: Any, output: str) -> None:
+    try:
+        plan = local.dry_run()
+    except ValueError as exc:  # PreflightError, CodeError: each names the field
+        err.print(f"[red]error[/] {escape(str(exc))}")
+        sys.exit(1)
+    if output == "json":
+        click.echo(json.dumps(plan.as_dict(), indent=2))
+    else:
+        table = Table(title=f"{local.run_name}: dry run (nothing trained)", show_header=False)
+        table.add_column("what")
+        table.add_column("plan")
+        for key, value in plan.rows:
+            table.add_row(key, escape(value))
+        out.print(table)
+        for warning in plan.warnings:
+            err.print(f"[yellow]warning[/] {escape(warning)}")
+    sys.exit(0)
 
 
 def _sweep(local: Any, output: str) -> None:

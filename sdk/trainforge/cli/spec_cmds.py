@@ -1,4 +1,4 @@
-"""Commands that need only the spec: validate, crd, version."""
+"""Commands that need only the spec (and, for ship, the storage): validate, crd, ship, version."""
 
 from __future__ import annotations
 
@@ -76,3 +76,33 @@ def version() -> None:
     from ..spec import API_VERSION
 
     click.echo(f"trainforge {__version__} ({API_VERSION})")
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the manifest to this file instead of stdout.")
+def ship(file: Path, output: Path | None) -> None:
+    """Pack and upload the job's local spec.runtime.workingDir to its checkpoint storage, and print
+    the manifest with the package's URI in its place: `kubectl apply -f` of it runs the same code
+    (the package is named by its SHA-256, which the trainer checks before running it)."""
+    from ..code import CodeError
+    from ..code import ship as ship_job
+    from ..spec import dump_job
+
+    try:
+        jobs = load_jobs(file)
+        shipped = [ship_job(job) for job in jobs]
+    except SpecValidationError as exc:
+        for issue in exc.issues:
+            err.print(f"[red]error[/] {escape(str(issue))}")
+        sys.exit(1)
+    except (CodeError, OSError, RuntimeError) as exc:  # RuntimeError: no pyarrow for the upload
+        err.print(f"[red]error[/] {escape(str(exc))}")
+        sys.exit(1)
+    text = "---\n".join(dump_job(job) for job in shipped)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)

@@ -46,8 +46,32 @@ class TrainingJobClient:
     # ---- jobs -------------------------------------------------------------------------------
 
     def submit(self, job: JobSource) -> str:
-        """Create the job (a TrainingJob, a manifest path, or a manifest dict); returns its name."""
-        return self._backend.create(to_job(job)).name
+        """Create the job (a TrainingJob, a manifest path, or a manifest dict); returns its name.
+
+        A local spec.runtime.workingDir is shipped first: on Kubernetes packed and uploaded to the
+        job's checkpoint storage (the created job holds the package's URI); locally kept in place.
+        """
+        return self._backend.create(self.with_code(to_job(job))).name
+
+    def with_code(self, job: TrainingJob) -> TrainingJob:
+        """The job as this backend runs it: its spec.runtime.workingDir uploaded (kubernetes) or
+        made absolute (local, whose runs start in another directory)."""
+        from ..code import CodeError, ship
+        from ..code.ship import local_path
+
+        runtime = job.spec.runtime
+        if runtime is None or not runtime.needs_upload:
+            return job
+        try:
+            if self.backend_name == "kubernetes":
+                return ship(job)
+            doc = job.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            doc["spec"]["runtime"]["workingDir"] = str(local_path(runtime).resolve())
+            return TrainingJob.model_validate(doc)
+        except CodeError as err:
+            raise InvalidJob(str(err)) from None
+        except OSError as err:  # StorageRefused / StorageUnavailable say which storage and the fix
+            raise TrainforgeError(f"uploading spec.runtime.workingDir: {err}") from None
 
     def get(self, name: str) -> TrainingJob:
         return self._backend.get(name)

@@ -21,6 +21,7 @@ from .errors import suggest, unwrap_model
 from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
 from .optim import OptimizerConfig, ScheduleConfig
 from .parallel import Precision, Strategy
+from .runtime import RuntimeConfig
 from .status import TrainingJobStatus
 from .tune import TuneConfig
 from .workload import EnvVar, Task, Toleration
@@ -50,6 +51,8 @@ class TrainingJobSpec(SpecModel):
     image: str | None = None
     """Trainer image; default: the operator's configured image."""
     task: Task
+    runtime: RuntimeConfig | None = None
+    """The task's own code (a directory shipped with the job), extra pip packages and environment."""
     workers: PositiveInt = 1
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegativeInt = 0

@@ -48,7 +48,7 @@ def load_jobs(path: str | Path) -> list[TrainingJob]:
     issues: list[tuple[int, SpecIssue]] = []
     for index, doc in enumerate(docs):
         try:
-            jobs.append(parse_job(doc))
+            jobs.append(parse_job(anchor_working_dir(doc, Path(path).resolve().parent)))
         except SpecValidationError as err:
             for issue in err.issues:
                 line = line_of(text, index, issue.loc) or 0
@@ -57,6 +57,17 @@ def load_jobs(path: str | Path) -> list[TrainingJob]:
         issues.sort(key=lambda item: item[0])  # read top to bottom, as the user's editor shows it
         raise SpecValidationError([issue for _, issue in issues], str(path))
     return jobs
+
+
+def anchor_working_dir(doc: Any, base: Path) -> Any:
+    """A relative spec.runtime.workingDir is relative to the manifest's directory (as kustomize
+    paths are), whatever directory the command runs in."""
+    runtime = ((doc.get("spec") or {}).get("runtime") if isinstance(doc, dict) else None) or {}
+    working_dir = runtime.get("workingDir") if isinstance(runtime, dict) else None
+    if isinstance(working_dir, str) and working_dir and "://" not in working_dir \
+            and not Path(working_dir).expanduser().is_absolute():
+        doc = {**doc, "spec": {**doc["spec"], "runtime": {**runtime, "workingDir": str(base / working_dir)}}}
+    return doc
 
 
 def dump_job(job: TrainingJob) -> str:

@@ -55,6 +55,8 @@ class Reason(StrEnum):
     IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
     SPEC_CHANGE_REJECTED = "SpecChangeRejected"
     NO_STORAGE = "NoStorage"
+    CODE_NOT_SHIPPED = "CodeNotShipped"
+    """spec.runtime.workingDir is a local path, which no pod can read: it must be uploaded first."""
     RAYJOB_REJECTED = "RayJobRejected"
     RUN_REFUSED = "RunRefused"
     """The trainer would not start: the run belongs to another job, or its checkpoint does not fit the spec."""

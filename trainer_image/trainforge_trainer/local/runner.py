@@ -13,8 +13,9 @@ from trainforge.lifecycle import AttemptResult
 from trainforge.local import default_storage
 from trainforge.spec import TrainingJob, TrainingJobSpec
 
+from ..code_env import runtime_env_of
 from ..driver import discard_run, fit_run, prepare_ray_env
-from ..launch import check_fits, preflight
+from ..launch import PreflightError, check_fits, preflight
 
 
 @dataclass
@@ -84,13 +85,14 @@ class LocalRun:
         from ray.util.queue import Queue
 
         spec, target = self.spec, self.target
+        runtime_env = self._runtime_env()
         preflight(spec)  # a bad task or impossible arguments fail here, before Ray starts anything
         if self.fresh:
             discard_run(target, self.run_name)
         started_ray = not ray.is_initialized()
         prepare_ray_env()
         if started_ray:
-            ray.init(**self._init_kwargs())
+            ray.init(**self._init_kwargs(), runtime_env=runtime_env or None)
         try:
             check_fits(spec, ray.cluster_resources())
             reports = Queue(actor_options={"num_cpus": 0})
@@ -112,6 +114,7 @@ class LocalRun:
         from ..sweep.runner import run_sweep
 
         spec, target = self.spec, self.target
+        runtime_env = self._runtime_env()
         preflight(spec)
         if self.fresh:
             discard_run(target, self.run_name)
@@ -119,12 +122,29 @@ class LocalRun:
         prepare_ray_env()
         if started_ray:
             # Tune over Train needs the dashboard: without it finished trials' placement groups linger.
-            ray.init(**{**self._init_kwargs(), "include_dashboard": True})
+            ray.init(**{**self._init_kwargs(), "include_dashboard": True}, runtime_env=runtime_env or None)
         try:
             return run_sweep(spec, self.run_name, target, on_result)
         finally:
             if started_ray:
                 ray.shutdown()
+
+    def dry_run(self) -> Any:
+        """The checks a run makes before training, and its plan (`dry_run.DryRunPlan`); no Ray."""
+        from ..dry_run import dry_run
+
+        return dry_run(self.spec)
+
+    def _runtime_env(self) -> dict[str, Any]:
+        """spec.runtime as Ray's job-level runtime_env: it only applies to a Ray this run connects to."""
+        import ray
+
+        runtime_env = runtime_env_of(self.spec, self.target.endpoint, self.target.region)
+        if runtime_env and ray.is_initialized():
+            raise PreflightError("spec.runtime applies to the Ray job a run starts, and Ray is already initialised "
+                                 "in this process: run the job with `trainforge run` (or set RAY_ADDRESS to join "
+                                 "a running cluster) instead of from a process that called ray.init")
+        return runtime_env
 
     def _init_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -1,0 +1,1 @@
+"""An example user task, shipped with its job through spec.runtime.workingDir (see ../job.yaml)."""
