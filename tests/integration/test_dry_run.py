@@ -63,3 +63,11 @@ def test_a_batch_that_does_not_fit_the_model_fails_before_training(tmp_path: Pat
     result = CliRunner().invoke(cli, ["run", "--dry-run", str(path)])
     assert result.exit_code == 1
     assert "spec.task: the first training batch does not fit the model" in result.stderr, result.stderr
+
+
+def test_the_readme_custom_task_snippet_is_the_example_package() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("# examples/custom-task/blobs/train.py (abridged)\n", 1)[1].split("```", 1)[0]
+    source = (ROOT / "examples" / "custom-task" / "blobs" / "train.py").read_text()
+    missing = [line for line in block.splitlines() if line.strip() and line not in source.splitlines()]
+    assert not missing, f"README lines not in the example: {missing}"

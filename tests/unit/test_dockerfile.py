@@ -224,3 +224,19 @@ def test_every_hadolint_ignore_is_justified() -> None:
         reason = above.lstrip("#").strip()
         assert above.startswith("#") and reason and not PRAGMA.match(above), (
             f"Dockerfile:{index + 1}: `# hadolint ignore={rules}` needs a comment line above it saying why")
+
+
+CUSTOM_IMAGE = ROOT / "examples" / "custom-image" / "Dockerfile"
+
+
+def test_the_custom_image_example_lints_clean_and_keeps_the_bases_user_and_torch() -> None:
+    proc = subprocess.run([hadolint(), "--no-color", str(CUSTOM_IMAGE)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = CUSTOM_IMAGE.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("USER ")]
+    assert lines[-1] == "USER 1000:100", "the image must end as the trainer's non-root user"
+    assert "--constraint" in text and "torch==" in text, "extra packages must not replace the base's torch"
+    context = ROOT / "examples"
+    for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", text, flags=re.MULTILINE):
+        assert (context / source).exists(), f"COPY {source}: not in the build context examples/"
