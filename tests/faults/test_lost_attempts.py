@@ -31,7 +31,9 @@ def quick_fences(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_a_partitioned_head_that_trains_on_is_fenced_and_stops_itself(
         quick_fences: None, cluster: KubeRayStandIn, kube: Kube, bucket: str, moto_endpoint: str) -> None:
-    kube.create(digits_job("split", bucket, moto_endpoint, pause_s=0.04, epochs=3))
+    # Paced so attempt 1 is still training when attempt 2 claims the run (head-lost grace + resync +
+    # fence wait + a driver start, ~15 s under load): finished first, attempt 2 would find a complete run.
+    kube.create(digits_job("split", bucket, moto_endpoint, pause_s=0.4, epochs=3))
     first = cluster.attempt("default", "split-a1")
     wait_status(kube, "split", "a first checkpoint", lambda s: s.get("latestCheckpoint"), 300)
     cluster.partition_head(first)
