@@ -27,6 +27,7 @@ def own_code(root: Path) -> Path:
         "from trainforge_trainer.tasks import digits\n\n\ndef build(**args):\n    return digits.build(**args)\n")
     (root / "notes.log").write_text("left out by .gitignore")
     (root / ".gitignore").write_text("*.log\n")
+    (root / "made_for.txt").write_text(str(root))  # a package of its own: no node has it unpacked yet
     return root
 
 

@@ -20,6 +20,7 @@ from trainforge.spec import TrainingJobSpec
 from .code_env import runtime_env_of
 from .data import to_device
 from .launch import PreflightError, preflight_task
+from .loop import total_steps_of
 from .task import Task
 
 
@@ -65,21 +66,17 @@ def dry_run(spec: TrainingJobSpec, cluster: dict[str, float] | None = None) -> D
 
 def _data_rows(plan: DryRunPlan, spec: TrainingJobSpec, task: Task) -> None:
     if isinstance(task.train, IterableDataset):
-        per_epoch = None  # a stream's epoch is a pass over it
         plan.add("train samples", "a stream (IterableDataset)")
-        plan.add("steps per epoch", per_epoch if per_epoch else "a pass over the stream (unknown ahead)")
-        if per_epoch:
-            plan.add("total steps", min(x for x in (spec.max_steps, per_epoch * (spec.epochs or 0)) if x))
-        elif spec.max_steps:
+        plan.add("steps per epoch", "a pass over the stream (unknown ahead)")
+        if spec.max_steps:
             plan.add("total steps", spec.max_steps)
     else:
         n = len(task.train)  # type: ignore[arg-type]
-        micro = math.ceil(math.ceil(n / spec.workers) / spec.batch.size)
+        micro = math.ceil(math.ceil(n / spec.workers) / spec.batch.size)  # DistributedSampler's share, batched
         per_epoch = math.ceil(micro / spec.batch.grad_accumulation)
-        limits = [x for x in (spec.max_steps, per_epoch * spec.epochs if spec.epochs else None) if x]
         plan.add("train samples", f"{n:,}")
         plan.add("steps per epoch", per_epoch)
-        plan.add("total steps", min(limits))
+        plan.add("total steps", total_steps_of(spec, per_epoch))
     for name, ds in (("val samples", task.val), ("test samples", task.test)):
         if ds is not None:
             plan.add(name, "a stream" if isinstance(ds, IterableDataset) else f"{len(ds):,}")  # type: ignore[arg-type]

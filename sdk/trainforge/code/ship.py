@@ -71,11 +71,17 @@ def materialize(runtime: RuntimeConfig, endpoint: str | None = None, region: str
     cluster; an uploaded one is downloaded and checked against its digest. Both are cached by digest.
     """
     if runtime.needs_upload:
-        package = pack(local_path(runtime), runtime.excludes)
-    else:
-        assert runtime.working_dir is not None
-        package = fetch(runtime.working_dir, endpoint, region, retry or Retry())
-    return extract(package)
+        return extract(pack(local_path(runtime), runtime.excludes))
+    assert runtime.working_dir is not None
+    digest = package_digest(runtime.working_dir)
+    if digest is not None and (cached := _cached(digest)) is not None:
+        return cached  # checked when it was unpacked: a later attempt on this node downloads nothing
+    return extract(fetch(runtime.working_dir, endpoint, region, retry or Retry()))
+
+
+def _cached(digest: str) -> Path | None:
+    final = cache_root() / digest
+    return final if (final / ".complete").exists() else None
 
 
 def fetch(uri: str, endpoint: str | None, region: str | None, retry: Retry) -> CodePackage:
@@ -103,9 +109,9 @@ def cache_root() -> Path:
 def extract(package: CodePackage) -> Path:
     """The package unpacked under the cache (once per digest); members that would land outside it,
     links and sizes beyond the limit are refused."""
+    if (cached := _cached(package.digest)) is not None:
+        return cached
     final = cache_root() / package.digest
-    if (final / ".complete").exists():
-        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{package.digest[:12]}-", dir=final.parent))
     try:
