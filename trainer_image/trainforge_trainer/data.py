@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .batches import BatchSource, MapBatches
 from .dist import World
+
+if TYPE_CHECKING:
+    from trainforge.spec import TrainingJobSpec
+
+    from .task import Task
 
 
 def loader_workers(requested: int | None, cpus_per_worker: float, in_memory: bool) -> int:
@@ -39,6 +45,18 @@ def train_loader(dataset: Dataset, batch_size: int, world: World, seed: int, wor
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=world.device.type == "cuda", persistent_workers=workers > 0, drop_last=False,
     )
+
+
+def training_batches(task: Task, spec: TrainingJobSpec, world: World, workers: int) -> tuple[Any, BatchSource]:
+    """The training loader and its groups of micro-batches, for a map-style dataset or a stream."""
+    from .stream import is_stream, stream_batches  # torchdata: imported only where a stream is read
+
+    k = spec.batch.grad_accumulation
+    if is_stream(task.train):
+        source = stream_batches(task.train, spec.batch.size, k, spec.steps_per_epoch, world, workers)
+        return source.loader, source
+    loader = train_loader(task.train, spec.batch.size, world, spec.seed, workers)
+    return loader, MapBatches(loader, k, spec.steps_per_epoch)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, world: World, workers: int) -> DataLoader:

@@ -69,6 +69,25 @@ def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+_cpu_groups: dict[int, Any] = {}
+"""A host-side (gloo) group per default group: a process may see more than one (tests, restarts)."""
+
+
+def agree_min(count: int) -> int:
+    """The smallest `count` of all ranks (a collective), over gloo on the host: with NCCL a device
+    tensor would make the host wait for the queued GPU work each time it is asked."""
+    if not distributed():
+        return count
+    world = torch_dist.group.WORLD
+    if id(world) not in _cpu_groups:
+        gloo = torch_dist.get_backend() == "gloo"
+        _cpu_groups.clear()
+        _cpu_groups[id(world)] = world if gloo else torch_dist.new_group(backend="gloo")
+    value = torch.tensor([count], dtype=torch.int64)
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MIN, group=_cpu_groups[id(world)])
+    return int(value.item())
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank (a collective)."""
     if not distributed():

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from trainforge.spec import TrainingJobSpec
 
+from .batches import capped_micro
 from .code_env import runtime_env_of
 from .data import to_device
 from .launch import PreflightError, preflight_task
@@ -65,18 +66,19 @@ def dry_run(spec: TrainingJobSpec, cluster: dict[str, float] | None = None) -> D
 
 
 def _data_rows(plan: DryRunPlan, spec: TrainingJobSpec, task: Task) -> None:
+    k = spec.batch.grad_accumulation
     if isinstance(task.train, IterableDataset):
-        plan.add("train samples", "a stream (IterableDataset)")
-        plan.add("steps per epoch", "a pass over the stream (unknown ahead)")
-        if spec.max_steps:
-            plan.add("total steps", spec.max_steps)
+        plan.add("train samples", "a stream (IterableDataset), split by rank"
+                 + (" (the dataset shards itself)" if hasattr(task.train, "set_shard") else " (striped)"))
+        micro = None
     else:
         n = len(task.train)  # type: ignore[arg-type]
-        micro = math.ceil(math.ceil(n / spec.workers) / spec.batch.size)  # DistributedSampler's share, batched
-        per_epoch = math.ceil(micro / spec.batch.grad_accumulation)
         plan.add("train samples", f"{n:,}")
-        plan.add("steps per epoch", per_epoch)
-        plan.add("total steps", total_steps_of(spec, per_epoch))
+        micro = math.ceil(math.ceil(n / spec.workers) / spec.batch.size)  # DistributedSampler's share, batched
+    micro = capped_micro(micro, spec.steps_per_epoch, k)
+    per_epoch = None if micro is None else math.ceil(micro / k)
+    plan.add("steps per epoch", per_epoch if per_epoch is not None else "a pass over the stream (unknown ahead)")
+    plan.add("total steps", total_steps_of(spec, per_epoch))
     for name, ds in (("val samples", task.val), ("test samples", task.test)):
         if ds is not None:
             plan.add(name, "a stream" if isinstance(ds, IterableDataset) else f"{len(ds):,}")  # type: ignore[arg-type]

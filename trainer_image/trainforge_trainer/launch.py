@@ -34,6 +34,14 @@ def preflight_task(spec: TrainingJobSpec) -> Task:
         n_train = len(task.train)  # type: ignore[arg-type]
         if n_train < spec.workers:
             raise PreflightError(f"spec.workers: {spec.workers} workers but only {n_train} training samples")
+    elif spec.max_steps is None and spec.steps_per_epoch is None:
+        raise PreflightError("spec.maxSteps or spec.stepsPerEpoch: the training data is a stream (an "
+                             "IterableDataset) whose length is not known ahead, so spec.epochs alone gives no "
+                             "step count; set either")
+    for name, ds in (("validation", task.val), ("test", task.test)):
+        if isinstance(ds, IterableDataset):
+            raise PreflightError(f"spec.task: the {name} set is a stream (an IterableDataset); evaluation reads a "
+                                 "map-style Dataset (with __len__), so every sample is counted exactly once")
     return task
 
 

@@ -21,13 +21,14 @@ from trainforge.checkpoints.owner import RunOwner
 from trainforge.spec import TrainingJobSpec
 
 from . import dist
+from .batches import BatchSource, StreamBatches
 from .checkpoint.files import ModelOptimizer
 from .checkpoint.manager import MODEL, TRAIN, Checkpointer
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.rng import RNGState
 from .checkpoint.state import Stateful
 from .checkpoint.store import Store, run_dir_store
-from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, train_loader
+from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, training_batches
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
 from .metrics import JsonlLog, TrainMeter, peak_flops
@@ -66,7 +67,10 @@ class TrainComponents:
     optimizer: Optimizer
     precision: Precision
     schedule: LRSchedule
-    train: DataLoader
+    train: Any
+    """The training loader: a DataLoader, or torchdata's StatefulDataLoader for a stream."""
+    batches: BatchSource
+    """The training micro-batches grouped into optimizer steps (`batches.py`)."""
     val: DataLoader | None
     test: DataLoader | None
     augment_rng: torch.Generator
@@ -81,19 +85,25 @@ class TrainComponents:
         return self.spec.strategy.type == "fsdp"
 
     @property
-    def micro_per_epoch(self) -> int:
-        """Micro-batches in a whole epoch (the loader's length shrinks in a resumed epoch)."""
-        return math.ceil(self.train.sampler.num_samples / self.spec.batch.size)  # type: ignore[attr-defined]
+    def micro_per_epoch(self) -> int | None:
+        """Micro-batches per rank in a whole epoch; None for a stream of unknown length."""
+        return self.batches.micro_per_epoch
 
     @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.micro_per_epoch / self.spec.batch.grad_accumulation)
+    def steps_per_epoch(self) -> int | None:
+        micro = self.micro_per_epoch
+        return None if micro is None else math.ceil(micro / self.spec.batch.grad_accumulation)
 
 
-def total_steps_of(spec: TrainingJobSpec, steps_per_epoch: int) -> int:
-    limits = [spec.epochs * steps_per_epoch] if spec.epochs else []
+def total_steps_of(spec: TrainingJobSpec, steps_per_epoch: int | None) -> int:
+    """The run's optimizer steps. A stream's epoch has no known length (`steps_per_epoch` None):
+    then spec.maxSteps or spec.stepsPerEpoch must give the count."""
+    limits = [spec.epochs * steps_per_epoch] if spec.epochs and steps_per_epoch is not None else []
     if spec.max_steps:
         limits.append(spec.max_steps)
+    if not limits:
+        raise ValueError("spec.maxSteps or spec.stepsPerEpoch: the training data is a stream (an IterableDataset) "
+                         "whose length is not known ahead, so spec.epochs alone gives no step count; set either")
     return min(limits)
 
 
@@ -120,20 +130,20 @@ def build(spec: TrainingJobSpec, world: dist.World) -> TrainComponents:
     peak = spec.optimizer.lr * lr_scale(spec.lr_scaling, world.size, spec.batch.grad_accumulation)
     optimizer = build_optimizer(model, spec.optimizer, peak, world.device.type == "cuda")
     workers = loader_workers(spec.batch.loader_workers, spec.cpus_per_worker, task.in_memory)
-    train = train_loader(task.train, spec.batch.size, world, spec.seed, workers)
+    train, batches = training_batches(task, spec, world, workers)
     eval_bs = spec.batch.eval_size or spec.batch.size
     val = eval_loader(task.val, eval_bs, world, workers) if task.val is not None else None
     test = eval_loader(task.test, eval_bs, world, workers) if task.test is not None else None
     for name, ds in (("validation", task.val), ("test", task.test)):
         if ds is not None and len(ds) < world.size:  # type: ignore[arg-type]
             raise ValueError(f"the {name} set has {len(ds)} samples, fewer than the {world.size} workers")  # type: ignore[arg-type]
-    steps_per_epoch = math.ceil(len(train) / spec.batch.grad_accumulation)
-    total = total_steps_of(spec, steps_per_epoch)
+    micro = batches.micro_per_epoch
+    total = total_steps_of(spec, None if micro is None else math.ceil(micro / spec.batch.grad_accumulation))
     return TrainComponents(
         spec=spec, world=world, task=task, model=model, optimizer=optimizer,
         precision=Precision(spec.precision, world.device, spec.grad_clip, spec.strategy.type == "fsdp"),
         schedule=LRSchedule(optimizer, spec.schedule, peak, total),
-        train=train, val=val, test=test,
+        train=train, batches=batches, val=val, test=test,
         augment_rng=torch.Generator().manual_seed(spec.seed * 7919 + world.rank + 1),  # per-rank stream
         total_steps=total, early=EarlyStopping(spec.early_stopping) if spec.early_stopping else None,
         params=[p for p in model.parameters() if p.requires_grad],
@@ -188,6 +198,8 @@ class Loop:
         }
         if components.early:
             found["early"] = components.early
+        if isinstance(components.batches, StreamBatches):
+            found["data"] = components.batches  # a map-style position is the train state's alone
         return found
 
     def checkpointer(self, store: Store, watch: PreemptionWatch | None = None,
@@ -216,27 +228,21 @@ class Loop:
     def run_epoch(self) -> bool:
         """One epoch (or what remains of it); False when training must stop."""
         components, state, pos = self.components, self.state, self.state.position
-        k, spec = components.spec.batch.grad_accumulation, components.spec
-        sampler = components.train.sampler
-        sampler.set_epoch(pos.epoch)  # type: ignore[attr-defined]
-        sampler.start = pos.micro_in_epoch * spec.batch.size  # type: ignore[attr-defined]
-        batches = iter(components.train)
-        self.rng.apply_pending()  # after iter(): the iterator's creation draws from the torch RNG
-        for i, batch in enumerate(batches, start=pos.micro_in_epoch):
-            group_start = (i // k) * k
-            group_size = min(k, components.micro_per_epoch - group_start)  # the epoch's remainder is flushed
-            boundary = i + 1 == group_start + group_size
-            batch = to_device(batch, components.world.device)
-            if components.task.augment:
-                batch = components.task.augment(batch, components.augment_rng)
-            self.meter.add_micro(micro_step(components, batch, group_size, boundary), batch_size_of(batch))
-            if not boundary:
-                continue
+        spec, source = components.spec, components.batches
+        groups = source.open(pos)
+        self.rng.apply_pending()  # after the loader's iterator exists: creating it draws from the torch RNG
+        for group in groups:
+            for j, batch in enumerate(group):
+                batch = to_device(batch, components.world.device)
+                if components.task.augment:
+                    batch = components.task.augment(batch, components.augment_rng)
+                loss = micro_step(components, batch, len(group), j + 1 == len(group))
+                self.meter.add_micro(loss, batch_size_of(batch))
             if self.ckpt:
                 self.ckpt.before_optimizer_step()  # a checkpoint copy still reading the weights finishes first
             last_norm = optimizer_step(components)
             self.watchdog.tick()
-            pos.step, pos.micro_in_epoch = pos.step + 1, i + 1
+            pos.step, pos.micro_in_epoch = pos.step + 1, pos.micro_in_epoch + len(group)
             self.meter.add_step()
             if pos.step % spec.log_every_steps == 0:
                 self.log_train(last_norm)
@@ -246,9 +252,11 @@ class Loop:
             if self.ckpt and self.ckpt.after_step():
                 state.stop_reason = "preempted"
                 return False
-            if pos.step >= components.total_steps and i + 1 < components.micro_per_epoch:
+            if pos.step >= components.total_steps and not source.epoch_done(pos.micro_in_epoch):
                 state.stop_reason = "max_steps"
                 return False
+        if pos.micro_in_epoch == 0 and source.micro_per_epoch is None:
+            raise ValueError(f"spec.task: the training stream yielded no batch in epoch {pos.epoch}")
         if pos.step >= components.total_steps and spec.max_steps and pos.step == spec.max_steps:
             state.stop_reason = "max_steps"
         return True
@@ -289,7 +297,9 @@ class Loop:
 
     def train_epochs(self) -> None:
         components, state, pos = self.components, self.state, self.state.position
-        max_epochs = components.spec.epochs or math.ceil(components.total_steps / max(components.steps_per_epoch, 1))
+        per_epoch = components.steps_per_epoch
+        max_epochs = components.spec.epochs or (
+            math.ceil(components.total_steps / max(per_epoch, 1)) if per_epoch is not None else math.inf)
         while pos.epoch < max_epochs and pos.step < components.total_steps and not state.stop_reason:
             if not self.run_epoch():
                 break  # stopped inside the epoch: it is not complete, so epoch stays where it is

@@ -23,7 +23,7 @@ _FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
 _DROP_KEYS = {"title", "default", "additionalProperties", "$defs", "examples"}
 
 IMMUTABLE_SCALARS = ("image", "workers", "cpusPerWorker", "gpusPerWorker", "memoryPerWorker", "precision",
-                     "compile", "epochs", "maxSteps", "seed", "deterministic")
+                     "compile", "epochs", "maxSteps", "stepsPerEpoch", "seed", "deterministic")
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},

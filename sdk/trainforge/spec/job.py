@@ -76,6 +76,9 @@ class TrainingJobSpec(SpecModel):
     epochs: PositiveInt | None = None
     max_steps: PositiveInt | None = None
     """Optimizer steps; with epochs, training stops at whichever comes first."""
+    steps_per_epoch: PositiveInt | None = None
+    """Cut every epoch at this many optimizer steps. For a stream (an IterableDataset), whose length is
+    not known ahead, an epoch is otherwise one whole pass; each epoch starts a new pass."""
     grad_clip: GradClipConfig = Field(default_factory=GradClipConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     early_stopping: EarlyStoppingConfig | None = None

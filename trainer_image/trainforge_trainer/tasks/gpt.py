@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,13 +137,19 @@ def bundled_text() -> bytes:
     return b"\n".join(p.read_bytes() for p in sorted(folder.glob("*.rst")))
 
 
+IGNORE = -100
+"""A target that is padding, not text (cross_entropy's ignore_index)."""
+
+
 def _loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), batch[1].flatten())
+    return F.cross_entropy(logits.flatten(0, 1), batch[1].flatten(), ignore_index=IGNORE)
 
 
 def _metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-    per_seq = F.cross_entropy(logits.flatten(0, 1), batch[1].flatten(), reduction="none")
-    return {"loss": per_seq.view(batch[1].shape).mean(dim=1).sum()}
+    targets = batch[1]
+    per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=IGNORE)
+    counted = (targets != IGNORE).sum(dim=1).clamp(min=1)
+    return {"loss": (per_token.view(targets.shape).sum(dim=1) / counted).sum()}
 
 
 def build(
@@ -153,25 +160,62 @@ def build(
     train_samples: int = 2048,
     val_samples: int = 128,
     data_seed: int = 0,
+    files: str | None = None,
+    val_files: str | None = None,
+    text_column: str = "text",
 ) -> Task:
-    """GPT language modelling. `data`: synthetic (learnable motifs) or text (bundled, byte-level)."""
+    """GPT language modelling. `data`: synthetic (learnable motifs), text (bundled, byte-level) or files:
+    the `text_column` of the Parquet / JSON-lines files under `files` (a directory or s3:// prefix),
+    streamed, byte-level, one sequence per row (cut at seq_len); `val_files` is read into memory."""
     if size not in SIZES:
         raise ValueError(f"task.args.size must be one of {', '.join(SIZES)}, got {size!r}")
-    if data not in ("synthetic", "text"):
-        raise ValueError(f"task.args.data must be synthetic or text, got {data!r}")
+    if data not in ("synthetic", "text", "files"):
+        raise ValueError(f"task.args.data must be synthetic, text or files, got {data!r}")
+    if (data == "files") != (files is not None):
+        raise ValueError("task.args.files names the data of data: files, and only of it")
     base = SIZES[size]
-    vocab = 256 if data == "text" else (vocab_size or base.vocab_size)
+    vocab = 256 if data != "synthetic" else (vocab_size or base.vocab_size)
     cfg = GPTConfig(base.n_layer, base.n_head, base.d_model, vocab, seq_len or base.seq_len)
-    if data == "text":
-        tokens = torch.frombuffer(bytearray(bundled_text()), dtype=torch.uint8)
-        split = int(len(tokens) * 0.9)
-        train: Dataset = TextTokens(tokens[:split], cfg.seq_len)
-        val: Dataset = TextTokens(tokens[split:], cfg.seq_len)
-    else:
-        train = SyntheticTokens(train_samples, cfg.seq_len, vocab, data_seed)
-        val = SyntheticTokens(val_samples, cfg.seq_len, vocab, data_seed + 1)
+    train, val = _datasets(cfg, data, train_samples, val_samples, data_seed, files, val_files, text_column)
     return Task(
         model=lambda: GPT(cfg), train=train, val=val, loss=_loss, metrics=_metrics,
         blocks=lambda m: list(m.blocks), tokens_per_sample=cfg.seq_len,
         flops_per_sample=cfg.flops_per_token() * cfg.seq_len, extra={"config": cfg},
     )
+
+
+def _datasets(cfg: GPTConfig, data: str, train_samples: int, val_samples: int, data_seed: int,
+              files: str | None, val_files: str | None, text_column: str) -> tuple[Any, Any]:
+    if data == "files":
+        from ..shards import ShardedFiles
+
+        def stream(uri: str) -> ShardedFiles:
+            return ShardedFiles(uri, columns=[text_column], transform=RowTokens(text_column, cfg.seq_len),
+                                seed=data_seed)
+
+        return stream(files or ""), (stream(val_files).read_all() if val_files else None)
+    if data == "text":
+        tokens = torch.frombuffer(bytearray(bundled_text()), dtype=torch.uint8)
+        split = int(len(tokens) * 0.9)
+        return TextTokens(tokens[:split], cfg.seq_len), TextTokens(tokens[split:], cfg.seq_len)
+    return (SyntheticTokens(train_samples, cfg.seq_len, cfg.vocab_size, data_seed),
+            SyntheticTokens(val_samples, cfg.seq_len, cfg.vocab_size, data_seed + 1))
+
+
+@dataclass(frozen=True)
+class RowTokens:
+    """A row's text as byte tokens: inputs and next-byte targets, padded to seq_len (padding is not a
+    target: IGNORE)."""
+
+    column: str
+    seq_len: int
+
+    def __call__(self, row: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        text = row[self.column]
+        if not isinstance(text, str):
+            raise TypeError(f"column {self.column!r} holds {type(text).__name__}, not text")
+        raw = torch.frombuffer(bytearray(text.encode("utf-8")[: self.seq_len + 1] or b"\n"), dtype=torch.uint8).long()
+        inputs = torch.zeros(self.seq_len, dtype=torch.long)
+        targets = torch.full((self.seq_len,), IGNORE, dtype=torch.long)
+        inputs[: len(raw) - 1], targets[: len(raw) - 1] = raw[:-1], raw[1:]
+        return inputs, targets
