@@ -77,7 +77,7 @@ def test_fewer_units_than_slots_stripes_rows(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": list(range(10))}), tmp_path / "one.parquet")
     shards = read_epoch(str(tmp_path), 0, ranks=2, workers=2)  # 1 unit, 4 slots
     assert sorted(i for shard in shards for i in shard) == list(range(10))
-    assert [len(shard) for shard in shards] == [5, 5]  # not all on the one slot the unit would be dealt to
+    assert [len(shard) for shard in shards] == [6, 4]  # rows i % 4 by slot; not all on the one slot dealt the unit
 
 
 def test_a_resumed_loader_reads_the_rest_of_the_epoch_exactly(s3_shards: str) -> None:
