@@ -71,3 +71,25 @@ def test_the_readme_custom_task_snippet_is_the_example_package() -> None:
     source = (ROOT / "examples" / "custom-task" / "blobs" / "train.py").read_text()
     missing = [line for line in block.splitlines() if line.strip() and line not in source.splitlines()]
     assert not missing, f"README lines not in the example: {missing}"
+
+
+def test_a_stream_plans_passes_and_needs_a_step_count(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(64)]}), tmp_path / "part.parquet")
+    doc = {"apiVersion": "trainforge.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "stream"},
+           "spec": {"task": {"entrypoint": "gpt", "args": {"size": "tiny", "data": "files", "files": str(tmp_path)}},
+                    "batch": {"size": 4}, "epochs": 2, "stepsPerEpoch": 5}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["run", "--dry-run", "-o", "json", str(path)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["train samples"].startswith("a stream") and "shards itself" in plan["train samples"]
+    assert (plan["steps per epoch"], plan["total steps"]) == ("5", "10")
+    assert plan["first batch"] == "((4, 64) int64, (4, 64) int64)"
+    del doc["spec"]["stepsPerEpoch"]
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["run", "--dry-run", str(path)])
+    assert result.exit_code == 1 and "spec.maxSteps or spec.stepsPerEpoch" in result.stderr, result.output

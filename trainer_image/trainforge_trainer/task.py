@@ -34,6 +34,11 @@ class Task:
       and activation checkpointing wraps; by default the model's direct children.
     - augment(batch, generator): training-only augmentation drawing from a per-rank generator.
     - tokens_per_sample / flops_per_sample: for tokens/s and MFU reporting.
+
+    Note:
+        `train` may be an `IterableDataset` (a stream, see `stream.py`): with `set_shard(rank,
+        world_size)` it shards itself, and with `state_dict()`/`load_state_dict()` a resumed run
+        continues exactly where the checkpoint was taken. `val` and `test` are map-style.
     """
 
     model: Callable[[], nn.Module]
