@@ -5,7 +5,9 @@ checkpoint resumes to the same final weights as the uninterrupted run."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -59,3 +61,22 @@ def test_a_stream_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path
     assert (resumed[-1]["result"]["epoch"], resumed[-1]["result"]["step"]) == (2, 8)
     a, b = final_model(whole, 8), final_model(cut, 8)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stream_without_state_warns_on_resume_and_completes(tmp_path: Path) -> None:
+    task = {**STREAM, "args": {**STREAM["args"], "stateful": False, "pause_s": 0.0}}
+    job = job_file(tmp_path, "plain", task=task, workers=2, epochs=2, maxSteps=100, batch={"size": 10,
+                   "gradAccumulation": 3}, eval={"everyEpoch": False},
+                   checkpoint={"everySteps": 2, "everyEpoch": False, "keep": 10})
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    torchrun(2, [*ENTRY, str(job), "--run-dir", str(whole)], tmp_path)
+    cut.mkdir()
+    (saved,) = whole.glob("checkpoint_000000002_*")
+    shutil.copytree(saved, cut / saved.name)  # what a run killed at step 3 left
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node=2", *ENTRY, str(job), "--run-dir", str(cut)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "has no state_dict()/load_state_dict()" in done.stderr
+    assert "epoch 0's pass restarts from its beginning, 6 micro-batches per rank are trained on again" in done.stderr
+    final = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")][-1]["result"]
+    assert (final["epoch"], final["step"], final["done"]) == (2, 10, True)  # the restarted pass: 2 steps more
