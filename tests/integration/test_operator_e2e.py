@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from trainforge.checkpoints import resolve_storage
 from trainforge.checkpoints.results import load_outcome
+from trainforge.runs import read_metrics
 
 from tests.integration.test_operator import events
 from tests.support.kube import Kube, run_operator
@@ -46,8 +47,15 @@ def digits_job(name: str, bucket: str, endpoint: str, pause_s: float = 0.0, **sp
     return doc
 
 
+SEEN: list[dict[str, Any]] = []
+"""Every status.progress the tests polled, in order: what the trainer wrote along the way."""
+
+
 def status(kube: Kube, name: str) -> dict[str, Any]:
-    return kube.get(TJ, "trainingjobs", "default", name).get("status") or {}
+    found = kube.get(TJ, "trainingjobs", "default", name).get("status") or {}
+    if found.get("progress"):
+        SEEN.append(found["progress"])
+    return found
 
 
 def wait_status(kube: Kube, name: str, what: str, predicate: Any, timeout: float = 150) -> dict[str, Any]:
@@ -67,6 +75,7 @@ def step_of(checkpoint_uri: str) -> int:
 
 def test_a_preempted_then_killed_job_resumes_each_time_and_succeeds(
         kube: Kube, cluster: KubeRayStandIn, bucket: str, moto_endpoint: str) -> None:
+    SEEN.clear()
     kube.create(digits_job("flaky", bucket, moto_endpoint, pause_s=0.03, epochs=2))
     first = cluster.attempt("default", "flaky-a1")
     wait_status(kube, "flaky", "a first checkpoint", lambda s: s.get("latestCheckpoint"))
@@ -98,9 +107,20 @@ def test_a_preempted_then_killed_job_resumes_each_time_and_succeeds(
     progress = st["progress"]
     assert progress["epoch"] == 2 and progress["step"] == progress["totalSteps"] == 40
     assert progress["metrics"]["val_accuracy"] > 0.5
+    # The rates, percent and ETA as the real trainer wrote them: along the way, and at the end.
+    assert (progress["percent"], progress["eta"], progress["etaSeconds"]) == (100.0, "0s", 0)
+    assert any(p["samplesPerSecond"] > 0 for p in SEEN if "samplesPerSecond" in p)
+    underway = [p for p in SEEN if 0 < p.get("percent", 0) < 100 and p.get("etaSeconds")]
+    assert underway, SEEN[-5:]
+    assert all(p["percent"] == round(100 * p["step"] / 40, 1) and p["eta"] for p in underway)
     assert st["latestCheckpoint"].startswith(f"s3://{bucket}/runs/flaky/checkpoint_")
     assert st["bestCheckpoint"]["metric"] == "val_accuracy" and st["bestCheckpoint"]["uri"].startswith("s3://")
     assert st["outcome"] == {**st["outcome"], "attempt": 3, "result": "succeeded"}
+    # Its metrics.jsonl on S3: three attempts (one preempted, one killed), one step axis, every step once.
+    target = resolve_storage(f"s3://{bucket}/runs", moto_endpoint)
+    log = read_metrics(target.filesystem, target.run_path("flaky"))
+    assert [r["step"] for r in log.steps if "loss" in r and not r.get("done")] == list(range(5, 41, 5))
+    assert len(log.resumes) == 2
 
 
 def test_a_sweep_runs_in_one_attempt_and_reports_its_trials(

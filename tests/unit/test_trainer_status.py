@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,19 @@ from trainforge.spec.contract import SPEC_ENV
 from trainforge_operator.rayjob import build_rayjob
 from trainforge_operator.settings import OperatorSettings
 from trainforge_trainer.callbacks import StatusCallback
-from trainforge_trainer.kube_status import BestTracker, JobRef, RateLimiter, progress_patch
+from trainforge_trainer.kube_status import (
+    BestTracker,
+    JobRef,
+    RateLimiter,
+    StepRate,
+    duration_text,
+    progress_patch,
+)
+from trainforge_trainer.loop import JsonlLog, Loop
 from trainforge_trainer.run import ClusterJob, best_tracker, uri_prefix
 
 from tests.unit.manifests import manifest
+from tests.unit.test_engine import Collect, components_for
 
 
 def payload_env(**spec: Any) -> dict[str, str]:
@@ -37,13 +47,37 @@ def test_without_the_payload_it_says_what_it_is_for() -> None:
         ClusterJob.from_env({})
 
 
-def test_progress_patch_keeps_numbers_only() -> None:
-    patch = progress_patch({"epoch": 2, "step": 40, "total_steps": 100, "loss": 0.5, "checkpoint": "c",
-                            "preempted": False, "samples_per_second": 900.0}, "s3://b/r/checkpoint_1", None)
+def test_progress_patch_keeps_numbers_only_and_reads_the_trainers_rates(tmp_path: Path) -> None:
+    # The keys the engine reports, taken from a real (short) run's metrics.jsonl, not written here.
+    loop = Loop(components_for(maxSteps=4, logEverySteps=2, eval={"everyEpoch": False}), Collect(),
+                JsonlLog(tmp_path / "metrics.jsonl"))
+    loop.fit()
+    report = next(json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                  if '"loss"' in line)
+    patch = progress_patch({**report, "checkpoint": "c", "preempted": False}, "s3://b/r/checkpoint_1", None,
+                           steps_per_s=0.5)
     progress = patch["progress"]
-    assert (progress["epoch"], progress["step"], progress["totalSteps"]) == (2, 40, 100)
-    assert progress["metrics"] == {"loss": 0.5, "samples_per_second": 900.0}
+    assert (progress["epoch"], progress["step"], progress["totalSteps"]) == (0, 2, 4)
+    assert progress["samplesPerSecond"] == report["samples_per_s"] > 0
+    assert "tokensPerSecond" not in progress  # digits has no tokens
+    assert (progress["percent"], progress["etaSeconds"], progress["eta"]) == (50.0, 4, "4s")
+    assert progress["metrics"]["loss"] == report["loss"] and "checkpoint" not in progress["metrics"]
     assert patch["latestCheckpoint"] == "s3://b/r/checkpoint_1" and "bestCheckpoint" not in patch
+    done = progress_patch({"step": 4, "total_steps": 4, "done": True}, None, None)["progress"]
+    assert (done["percent"], done["etaSeconds"], done["eta"]) == (100.0, 0, "0s")
+    unknown = progress_patch({"step": 1, "total_steps": 4}, None, None)["progress"]
+    assert unknown["percent"] == 25.0 and "etaSeconds" not in unknown  # no rate measured yet
+
+
+def test_step_rate_and_eta_text() -> None:
+    rate = StepRate(window_s=60)
+    assert rate.per_second() is None
+    for t, step in ((0, 0), (10, 10), (20, 20), (100, 60)):
+        rate.observe(step, now=t)
+    assert rate.per_second() == (60 - 20) / (100 - 20)  # points older than the window are gone
+    rate.observe(5, now=101)  # a resumed attempt reports an earlier step: start again
+    assert rate.per_second() is None
+    assert [duration_text(s) for s in (0, 59, 61, 3600, 3725)] == ["0s", "59s", "1m01s", "1h00m", "1h02m"]
 
 
 def test_best_tracker_and_rate_limiter() -> None:

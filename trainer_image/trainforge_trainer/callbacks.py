@@ -11,7 +11,7 @@ from trainforge.checkpoints.owner import RunOwner, check_still_owner
 from trainforge.checkpoints.retry import Retry, storage_uri
 from trainforge.spec import CheckpointConfig, TrainingJobSpec
 
-from .kube_status import BestTracker, RateLimiter, StatusWriter, progress_patch
+from .kube_status import BestTracker, RateLimiter, StatusWriter, StepRate, progress_patch
 
 log = logging.getLogger("trainforge.checkpoint")
 FINAL_FLUSH_S = 10.0
@@ -59,6 +59,7 @@ class StatusCallback(UserCallback):
         self.asked_to_stop = False
         self.metrics: dict[str, Any] = {}
         """Every metric's newest value: a rate-limited write must not show the loss of its first report."""
+        self.rate = StepRate()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         report = metrics[0] if metrics else {}
@@ -70,12 +71,13 @@ class StatusCallback(UserCallback):
         # An asynchronous save is committed (reported) a few steps after the step it was taken at:
         # progress must not go back to that step.
         self.metrics.update({k: v for k, v in report.items() if not (late and k in ("epoch", "step"))})
+        self.rate.observe(int(self.metrics.get("step", 0)))
         if checkpoint is not None:
             self.latest = self.uri_prefix + checkpoint.path.lstrip("/") if self.uri_prefix else checkpoint.path
             self.best.offer(self.latest, int(report.get("step", 0)), report, checkpoint)
         if not self.limiter.ready(force=checkpoint is not None or bool(report.get("done") or report.get("preempted"))):
             return
-        self.writer.patch(progress_patch(self.metrics, self.latest, self.best.best))
+        self.writer.patch(progress_patch(self.metrics, self.latest, self.best.best, self.rate.per_second()))
         if report.get("done") or report.get("preempted"):
             # The run's last report: the controller goes soon after, and the writer's thread with it.
             # Bounded, so a hung API server delays the end by seconds, not for good.

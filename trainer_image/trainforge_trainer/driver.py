@@ -105,7 +105,7 @@ def fit_run(spec: TrainingJobSpec, name: str, target: StorageTarget, callbacks: 
     own_flag = flag is None  # a caller's flag is the caller's to end (the cluster driver's lives to its exit)
     flag = flag or make_flag()
     trainer = make_trainer(spec, name, target, [*callbacks, RetentionCallback(spec, claim.owner)],
-                           preempt_flag=flag, run_dir=run_dir, init_from=claim.init_from,
+                           preempt_flag=flag, run_dir=run_dir or target.run_uri(name), init_from=claim.init_from,
                            owner=claim.owner.to_dict())
     try:
         with sigterm_requests_stop(flag):

@@ -8,9 +8,11 @@ conflict. A failed patch is logged and dropped: reporting must never fail traini
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,19 +194,70 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def progress_patch(metrics: dict[str, Any], checkpoint_uri: str | None, best: dict[str, Any] | None) -> dict[str, Any]:
-    """The trainer's part of the status, built as the status models and dumped as a merge patch."""
+def progress_patch(metrics: dict[str, Any], checkpoint_uri: str | None, best: dict[str, Any] | None,
+                   steps_per_s: float | None = None) -> dict[str, Any]:
+    """The trainer's part of the status, built as the status models and dumped as a merge patch.
+
+    Args:
+        metrics: the newest value of every reported metric, as the trainer reports them.
+        steps_per_s: the measured step rate (`StepRate`), for the ETA; None while unknown.
+    """
     numbers = {k: float(v) for k, v in metrics.items()
                if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("epoch", "step", "total_steps")}
-    rate = metrics.get("samples_per_second")
-    progress = Progress(epoch=int(metrics.get("epoch", 0)), step=int(metrics.get("step", 0)),
-                        total_steps=int(metrics["total_steps"]) if metrics.get("total_steps") else None,
-                        metrics=numbers, update_time=utcnow(),
-                        samples_per_second=float(rate) if isinstance(rate, int | float) else None)
+    step, total = int(metrics.get("step", 0)), int(metrics["total_steps"]) if metrics.get("total_steps") else None
+    done = bool(metrics.get("done"))
+    percent = eta = None
+    if total:
+        percent = 100.0 if done else round(min(100.0, 100.0 * step / total), 1)
+        if done or step >= total:
+            eta = 0
+        elif steps_per_s:
+            eta = math.ceil((total - step) / steps_per_s)
+    progress = Progress(epoch=int(metrics.get("epoch", 0)), step=step, total_steps=total, metrics=numbers,
+                        update_time=utcnow(), samples_per_second=_number(metrics.get("samples_per_s")),
+                        tokens_per_second=_number(metrics.get("tokens_per_s")), percent=percent,
+                        eta_seconds=eta, eta=duration_text(eta) if eta is not None else None)
     status = TrainingJobStatus(progress=progress, latest_checkpoint=checkpoint_uri or None,
                                best_checkpoint=CheckpointRef.model_validate(best) if best else None)
     return status.model_dump(mode="json", by_alias=True, exclude_none=True,
                              include={"progress", "latest_checkpoint", "best_checkpoint"})
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def duration_text(seconds: int) -> str:
+    """1h05m, 4m10s, 12s: as `kubectl` shows ages."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class StepRate:
+    """Optimizer steps per second over the last `window_s` seconds of reports: recent enough to follow
+    a change of speed, long enough to include the evaluations and checkpoints the remaining steps
+    will also pay for. A step that goes back (a resumed attempt) starts the window again."""
+
+    def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
+        self.points: deque[tuple[float, int]] = deque()
+
+    def observe(self, step: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.points and step < self.points[-1][1]:
+            self.points.clear()
+        self.points.append((now, step))
+        while len(self.points) > 2 and now - self.points[1][0] >= self.window_s:
+            self.points.popleft()
+
+    def per_second(self) -> float | None:
+        if len(self.points) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.points[0], self.points[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
 
 
 class BestTracker:

@@ -9,7 +9,6 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +30,12 @@ from .checkpoint.store import Store, run_dir_store
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, training_batches
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
-from .metrics import JsonlLog, TrainMeter, peak_flops
+from .metrics import TrainMeter, peak_flops
 from .optim import build_optimizer
 from .parallel import default_blocks, grad_sync, wrap
 from .precision import Precision
 from .reporting import PrintReporter, Reporter
+from .runlog import JsonlLog
 from .schedules import LRSchedule, lr_scale
 from .task import Task, build_task
 from .train_state import Position, TrainState
@@ -209,6 +209,7 @@ class Loop:
         ckpt = Checkpointer(self.stateful(), store, spec=components.spec, world=components.world,
                             total_steps=components.total_steps, watch=watch, init_from=init_from, owner=owner)
         ckpt.pause = self.watchdog.paused  # saves and commits are not a hang
+        ckpt.before_commit = lambda: self.log.sync(wait=True)
         return ckpt
 
     def emit(self, metrics: dict[str, Any]) -> None:
@@ -222,6 +223,7 @@ class Loop:
         """Continue from the newest valid checkpoint of this run, if there is one."""
         if self.ckpt is None or (resumed := self.ckpt.restore()) is None:
             return
+        self.log.rewind(resumed.step)  # what a lost attempt logged past its checkpoint is trained again
         self.emit({"resumed_from": resumed.path, "resumed_step": resumed.step,
                    "skipped_checkpoints": resumed.skipped, "spec_changes": resumed.spec_changes})
 
@@ -368,8 +370,7 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
     loop: Loop | None = None
     try:
         components = build(spec, world)
-        local_dir = run_dir if run_dir and "://" not in run_dir and world.is_main else None
-        log = JsonlLog(Path(local_dir) / "metrics.jsonl" if local_dir else None)
+        log = JsonlLog.for_run(run_dir, world.is_main, spec.checkpoint.endpoint, spec.checkpoint.region)
         loop = Loop(components, reporter or PrintReporter(world.is_main), log)
         store = make_store(run_dir, spec)
         if store is not None:
@@ -380,3 +381,5 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
             loop.watchdog.stop()
         if loop is not None and loop.ckpt is not None:
             loop.ckpt.close()
+        if loop is not None:
+            loop.log.close()  # after the checkpointer: its last commit is what the upload follows

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -72,18 +69,3 @@ class TrainMeter:
             out["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.world.device) / 2**30
         self._reset()
         return out
-
-
-class JsonlLog:
-    """Rank 0 appends one JSON object per report to <run dir>/metrics.jsonl (local storage only)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": time.time(), **record}) + "\n")

@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from .ckpt_cmd import checkpoints
 from .job_cmds import COMMANDS as JOB_COMMANDS
+from .metrics_cmd import metrics, plot
 from .run_cmd import run
 from .spec_cmds import crd, ship, validate, version
 from .tune_cmd import tune_results
@@ -26,6 +27,8 @@ cli.add_command(run)
 for command in JOB_COMMANDS:
     cli.add_command(command)
 cli.add_command(checkpoints)
+cli.add_command(metrics)
+cli.add_command(plot)
 cli.add_command(tune_results)
 
 

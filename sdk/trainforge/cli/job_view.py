@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..client import JobEvent
 from ..spec import TrainingJob
+from ..spec.phases import TERMINAL_PHASES as TERMINAL
 from ..spec.phases import Phase
 from ..spec.status import TrainingJobStatus
 from ..spec.yamlio import dumps
@@ -102,6 +103,8 @@ def progress_line(job: TrainingJob) -> str:
         parts.append(f"attempt {status.attempt}")
     if status.progress is not None:
         parts.append(f"epoch {status.progress.epoch} step {step_text(status)}")
+        if status.progress.eta is not None and status.phase not in TERMINAL:
+            parts.append(f"ETA {status.progress.eta}")
         if status.progress.metrics:
             parts.append(metrics_text(status.progress.metrics))
     if status.phase in (Phase.FAILED, Phase.SUSPENDED, Phase.RESTARTING) and (status.reason or status.message):
@@ -156,10 +159,14 @@ def _progress_rows(status: TrainingJobStatus) -> Iterable[tuple[str, str]]:
         yield "Progress", "-"
         return
     text = f"epoch {progress.epoch}, step {step_text(status)}"
-    if progress.total_steps:
-        text += f" ({100 * progress.step // progress.total_steps}%)"
+    if progress.percent is not None:
+        text += f" ({progress.percent:g}%)"
+    if progress.eta is not None and status.phase not in TERMINAL:
+        text += f", ETA {progress.eta}"
     if progress.samples_per_second is not None:
         text += f", {_fmt(progress.samples_per_second)} samples/s"
+    if progress.tokens_per_second is not None:
+        text += f", {_fmt(progress.tokens_per_second)} tokens/s"
     if progress.update_time is not None:
         text += f", updated {age(progress.update_time)} ago"
     yield "Progress", text

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..checkpoints import CheckpointEntry, list_checkpoints
+from ..runs import MetricsLog, read_metrics
 from ..spec import TrainingJob, parse_job
 from ..spec.errors import SpecValidationError
 from ..spec.load import load_jobs
@@ -174,6 +175,15 @@ class TrainingJobClient:
         target = job_storage(job, self.backend_name)
         entries = list_checkpoints(target.filesystem, target.run_path(job.name), hashes=verify)
         return [e for e in entries if include_pruned or e.manifest is None or e.manifest.status != "pruned"]
+
+    def metrics(self, name: str) -> MetricsLog:
+        """The job's metrics log from its storage (every attempt's reports, one continuous step axis)."""
+        job = self.get(name)
+        target = job_storage(job, self.backend_name)
+        try:
+            return read_metrics(target.filesystem, target.run_path(job.name))
+        except (OSError, ValueError) as exc:
+            raise TrainforgeError(f"job {name}: {exc}") from exc
 
     def tune_results(self, name: str) -> dict[str, Any]:
         """A sweep's trials and best trial: the full table from storage when it can be read, else

@@ -26,7 +26,10 @@ IMMUTABLE_SCALARS = ("image", "workers", "cpusPerWorker", "gpusPerWorker", "memo
                      "compile", "epochs", "maxSteps", "stepsPerEpoch", "seed", "deterministic")
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "description": "percent"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.metrics.loss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},

@@ -56,6 +56,13 @@ class Progress(SpecModel):
     total_steps: NonNegativeInt | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Steps taken of the total, in percent (one decimal)."""
+    eta_seconds: NonNegativeInt | None = None
+    """Seconds left at the step rate measured over the last minutes of this attempt."""
+    eta: str | None = None
+    """The same as a duration (e.g. 1h05m), for `kubectl get`; both are as of update_time."""
     update_time: Timestamp | None = None
 
 

@@ -112,6 +112,9 @@ class Checkpointer:
         self.writer = Writer()
         self.pending: PendingSave | None = None
         self.last_committed: str | None = None
+        self.before_commit: Callable[[], None] | None = None
+        """Run on rank 0 before each commit (the loop uploads its metrics log: a resumable checkpoint's
+        steps are then always in the log a resumed run continues)."""
         """Name of the newest checkpoint this run committed."""
         """The save being written in the background; committed at a later step boundary."""
 
@@ -228,6 +231,8 @@ class Checkpointer:
         if is_main:
             write_manifest(local_fs(), str(pending.local),
                            dataclasses.replace(pending.manifest, files=files, ranks=[sorted(p) for p in parts]))
+        if is_main and self.before_commit is not None:
+            self.before_commit()
         # A preemption grace period is short: that checkpoint is uploaded before the run stops.
         self.store.commit(pending.local if mine or is_main else None, pending.name,
                           {**pending.metrics, "checkpoint_blocking_s": pending.blocking_s},
