@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,19 +79,42 @@ def moto_endpoint() -> Iterator[str]:
         log.close()
 
 
-def _wait_until_serving(endpoint: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on loopback (SQLite backend, local artifacts), started on first use."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "--backend-store-uri",
+                               f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "artifacts")],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(uri, server, path="/health", timeout=120)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        server.wait(timeout=20)
+        log.close()
+
+
+def _wait_until_serving(endpoint: str, server: subprocess.Popen[bytes], timeout: float = 60,
+                        path: str = "/moto-api/") -> None:
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"moto server exited with {server.returncode}; see its log under /tmp/moto-*.log")
+            raise RuntimeError(f"{endpoint}: the server exited with {server.returncode}; see its log")
         try:
-            requests.get(f"{endpoint}/moto-api/", timeout=2)
-            return
-        except requests.ConnectionError:
+            if requests.get(f"{endpoint}{path}", timeout=2).ok:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             time.sleep(0.1)
-    raise RuntimeError(f"moto server at {endpoint} did not answer within {timeout:.0f} s")
+    raise RuntimeError(f"the server at {endpoint} did not answer within {timeout:.0f} s")
 
 
 @pytest.fixture

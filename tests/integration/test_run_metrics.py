@@ -16,8 +16,8 @@ from trainforge.checkpoints import resolve_storage
 from trainforge.cli import cli
 from trainforge.runs import read_metrics
 from trainforge.spec import parse_job
-from trainforge_trainer.loop import run_worker
 from trainforge_trainer.runlog import JsonlLog
+from trainforge_trainer.worker import run_worker
 
 from tests.unit.manifests import manifest
 

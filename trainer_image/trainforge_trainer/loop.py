@@ -1,9 +1,8 @@
-"""The per-worker training loop. Launcher-agnostic: torchrun and Ray Train (`ray_worker`) both call
-`run_worker`; nothing here knows which one started it."""
+"""The per-worker training loop: components built from the spec, and epochs of steps, evaluations,
+checkpoints and reports. Launcher-agnostic: `worker.run_worker` runs it under torchrun and Ray Train."""
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import random
@@ -26,7 +25,7 @@ from .checkpoint.manager import MODEL, TRAIN, Checkpointer
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.rng import RNGState
 from .checkpoint.state import Stateful
-from .checkpoint.store import Store, run_dir_store
+from .checkpoint.store import Store
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, training_batches
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
@@ -34,15 +33,13 @@ from .metrics import TrainMeter, peak_flops
 from .optim import build_optimizer
 from .parallel import default_blocks, grad_sync, wrap
 from .precision import Precision
-from .reporting import PrintReporter, Reporter
+from .reporting import Reporter
 from .runlog import JsonlLog
 from .schedules import LRSchedule, lr_scale
 from .task import Task, build_task
+from .tracking import Tracking
 from .train_state import Position, TrainState
 from .watchdog import StepWatchdog
-
-StoreFactory = Callable[[str | None, TrainingJobSpec], Store | None]
-"""How a launcher picks the checkpoint store of a run directory (`ray_worker.make_store` under Ray)."""
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -178,6 +175,8 @@ class Loop:
         self.state = TrainState(spec.batch.size, spec.batch.grad_accumulation, world.size, components.total_steps)
         self.rng = RNGState(world.rank, {"augment": components.augment_rng})
         self.ckpt: Checkpointer | None = None
+        self.tracking: Tracking | None = None
+        """MLflow and TensorBoard (rank 0); set by the launcher, like the checkpointer."""
         self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
                                 peak_flops(world.device))
         self.watchdog = StepWatchdog(spec.hang_timeout_seconds, world.rank)
@@ -198,6 +197,8 @@ class Loop:
         }
         if components.early:
             found["early"] = components.early
+        if self.tracking is not None:
+            found["tracking"] = self.tracking  # the MLflow run id: every attempt continues one run
         if isinstance(components.batches, StreamBatches):
             found["data"] = components.batches  # a map-style position is the train state's alone
         return found
@@ -209,7 +210,7 @@ class Loop:
         ckpt = Checkpointer(self.stateful(), store, spec=components.spec, world=components.world,
                             total_steps=components.total_steps, watch=watch, init_from=init_from, owner=owner)
         ckpt.pause = self.watchdog.paused  # saves and commits are not a hang
-        ckpt.before_commit = lambda: self.log.sync(wait=True)
+        ckpt.before_commit = self.sync_logs
         return ckpt
 
     def emit(self, metrics: dict[str, Any]) -> None:
@@ -218,6 +219,14 @@ class Loop:
         self.reporter.report(record)
         if self.components.world.is_main:
             self.log.write(record)
+            if self.tracking is not None:
+                self.tracking.log(record)
+
+    def sync_logs(self) -> None:
+        """Before a checkpoint commits (rank 0): the logs on storage then hold every step up to it."""
+        self.log.sync(wait=True)
+        if self.tracking is not None:
+            self.tracking.sync()
 
     def resume(self) -> None:
         """Continue from the newest valid checkpoint of this run, if there is one."""
@@ -288,6 +297,8 @@ class Loop:
     def fit(self) -> dict[str, Any]:
         state = self.state
         self.resume()
+        if self.tracking is not None:
+            self.tracking.start()  # after the restore: the checkpoint names the MLflow run to continue
         self.watchdog.start()  # after the restore: the first step is timed from here
         try:  # stopped however training ends: a watchdog left armed would end the process later
             self.train_epochs()
@@ -339,47 +350,3 @@ class Loop:
         if self.ckpt:
             self.ckpt.record_result(self.result(final))
         return self.result(final)
-
-
-def store_of_run_dir(run_dir: str | None, spec: TrainingJobSpec) -> Store | None:
-    """The store without Ray: the run directory's, local or remote (see `run_dir_store`)."""
-    return run_dir_store(run_dir, spec.checkpoint)
-
-
-def run_worker(spec: TrainingJobSpec, run_dir: str | None = None, reporter: Reporter | None = None,
-               preempt_flag: Any = None, init_from: str | None = None,
-               make_store: StoreFactory = store_of_run_dir, owner: RunOwner | None = None) -> dict[str, Any]:
-    """Train this worker's part of the job. The launcher may choose where reports go (stdout by
-    default) and the checkpoint store (`make_store`, called once the model is built)."""
-    world = dist.setup(spec.gpus_per_worker > 0 and torch.cuda.is_available())
-    try:
-        return _fit(spec, world, run_dir, reporter, preempt_flag, init_from, make_store, owner)
-    finally:
-        # The model (with DDP's reducer, which holds the process group) must be gone before the group
-        # is destroyed: freed after it, the reducer drops the group's last reference and gloo's
-        # destructor joins its threads holding the GIL while one of them waits for the GIL to free a
-        # finished work's tensors — a deadlock seen under torchrun at exit. _fit's frame is released
-        # on return; collect() reaps what cycles kept alive.
-        gc.collect()
-        dist.teardown_if_owned()
-
-
-def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter: Reporter | None,
-         preempt_flag: Any, init_from: str | None, make_store: StoreFactory,
-         owner: RunOwner | None = None) -> dict[str, Any]:
-    loop: Loop | None = None
-    try:
-        components = build(spec, world)
-        log = JsonlLog.for_run(run_dir, world.is_main, spec.checkpoint.endpoint, spec.checkpoint.region)
-        loop = Loop(components, reporter or PrintReporter(world.is_main), log)
-        store = make_store(run_dir, spec)
-        if store is not None:
-            loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from, owner)
-        return loop.fit()
-    finally:
-        if loop is not None:
-            loop.watchdog.stop()
-        if loop is not None and loop.ckpt is not None:
-            loop.ckpt.close()
-        if loop is not None:
-            loop.log.close()  # after the checkpointer: its last commit is what the upload follows

@@ -1,5 +1,5 @@
 """The training loop as a Ray Train worker: its entry, its rank announcement and its checkpoint store.
-Everything Ray-specific on the worker side is here; `loop.run_worker` is launcher-agnostic."""
+Everything Ray-specific on the worker side is here; `worker.run_worker` is launcher-agnostic."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from trainforge.checkpoints.owner import RunOwner
 from trainforge.spec import TrainingJobSpec
 
 from .checkpoint.store import RayStore, Store, run_dir_store
-from .loop import run_worker
 from .reporting import RayReporter
+from .worker import run_worker
 
 RANK_ANNOUNCEMENT = "trainforge worker rank={rank} world_size={world} host={host} pid={pid}"
 

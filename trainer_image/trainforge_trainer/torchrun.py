@@ -17,7 +17,7 @@ import sys
 from trainforge.spec import load_jobs
 
 from .checkpoint.manager import PREEMPTED_EXIT_CODE
-from .loop import run_worker
+from .worker import run_worker
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
 from .optim import OptimizerConfig, ScheduleConfig
 from .parallel import Precision, Strategy
 from .runtime import RuntimeConfig
+from .tracking import TrackingConfig
 from .status import TrainingJobStatus
 from .tune import TuneConfig
 from .workload import EnvVar, Task, Toleration
@@ -89,6 +90,7 @@ class TrainingJobSpec(SpecModel):
     """Train loss is synchronised to the host and reported every N optimizer steps."""
 
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     tune: TuneConfig | None = None
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     suspend: bool = False
