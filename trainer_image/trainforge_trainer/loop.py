@@ -33,6 +33,7 @@ from .metrics import TrainMeter, peak_flops
 from .optim import build_optimizer
 from .parallel import default_blocks, grad_sync, wrap
 from .precision import Precision
+from .profile import StepProfiler
 from .reporting import Reporter
 from .runlog import JsonlLog
 from .schedules import LRSchedule, lr_scale
@@ -176,6 +177,7 @@ class Loop:
         self.rng = RNGState(world.rank, {"augment": components.augment_rng})
         self.ckpt: Checkpointer | None = None
         self.tracking: Tracking | None = None
+        self.profiler: StepProfiler | None = None
         """MLflow and TensorBoard (rank 0); set by the launcher, like the checkpointer."""
         self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
                                 peak_flops(world.device))
@@ -243,6 +245,8 @@ class Loop:
         groups = source.open(pos)
         self.rng.apply_pending()  # after the loader's iterator exists: creating it draws from the torch RNG
         for group in groups:
+            if self.profiler:
+                self.profiler.before_step(pos.step + 1)
             for j, batch in enumerate(group):
                 batch = to_device(batch, components.world.device)
                 if components.task.augment:
@@ -254,6 +258,8 @@ class Loop:
             last_norm = optimizer_step(components)
             self.watchdog.tick()
             pos.step, pos.micro_in_epoch = pos.step + 1, pos.micro_in_epoch + len(group)
+            if self.profiler:
+                self.profiler.after_step(pos.step)
             self.meter.add_step()
             if pos.step % spec.log_every_steps == 0:
                 self.log_train(last_norm)

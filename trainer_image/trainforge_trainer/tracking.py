@@ -16,6 +16,8 @@ from typing import Any
 from trainforge.spec import TrainingJobSpec
 from trainforge.spec.tracking import MlflowConfig
 
+from .uploads import upload_dir
+
 log = logging.getLogger("trainforge.tracking")
 RUN_TAG = "trainforge.run"
 MAX_FAILURES = 3
@@ -153,12 +155,10 @@ class TensorBoardSink:
 
         from torch.utils.tensorboard import SummaryWriter
 
-        self.remote: tuple[Any, str] | None = None
+        self.remote: str | None = None
+        self.endpoint, self.region = endpoint, region
         if "://" in run_dir:
-            from trainforge.checkpoints import resolve_storage
-
-            target = resolve_storage(run_dir, endpoint, region)
-            self.remote = (target.filesystem, f"{target.path.rstrip('/')}/tensorboard")
+            self.remote = f"{run_dir.rstrip('/')}/tensorboard"
             self.local = Path(tempfile.mkdtemp(prefix="trainforge-tb-"))
         else:
             self.local = Path(run_dir) / "tensorboard"
@@ -173,12 +173,8 @@ class TensorBoardSink:
         self.writer.flush()
         if self.remote is None:
             return
-        fs, prefix = self.remote
         try:
-            for path in sorted(self.local.rglob("*")):
-                if path.is_file():
-                    with fs.open_output_stream(f"{prefix}/{path.relative_to(self.local)}") as out:
-                        out.write(path.read_bytes())
+            upload_dir(self.local, self.remote, self.endpoint, self.region)
         except OSError as exc:
             log.warning("could not upload the TensorBoard events (%s); retried at the next checkpoint", exc)
 

@@ -15,6 +15,7 @@ from . import dist
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.store import Store, run_dir_store
 from .loop import Loop, build
+from .profile import StepProfiler
 from .reporting import PrintReporter, Reporter
 from .runlog import JsonlLog
 from .tracking import Tracking, checkpoint_tags
@@ -56,6 +57,9 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
         loop = Loop(components, reporter or PrintReporter(world.is_main), log)
         if run_dir and (spec.tracking.mlflow or spec.tracking.tensorboard):
             loop.tracking = Tracking(spec, run_dir, run_dir.rstrip("/").rsplit("/", 1)[-1], world.is_main)
+        if spec.profile is not None:
+            loop.profiler = StepProfiler(spec.profile, world.rank, run_dir, spec.checkpoint.endpoint,
+                                         spec.checkpoint.region)
         store = make_store(run_dir, spec)
         if store is not None:
             loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from, owner)

@@ -22,8 +22,8 @@ from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
 from .optim import OptimizerConfig, ScheduleConfig
 from .parallel import Precision, Strategy
 from .runtime import RuntimeConfig
-from .tracking import TrackingConfig
 from .status import TrainingJobStatus
+from .tracking import ProfileConfig, TrackingConfig
 from .tune import TuneConfig
 from .workload import EnvVar, Task, Toleration
 
@@ -91,6 +91,9 @@ class TrainingJobSpec(SpecModel):
 
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    profile: ProfileConfig | None = None
+    """torch.profiler over spec.profile.steps steps: a Chrome trace and a table of kernel time by class
+    per profiled rank, under <run>/profile/."""
     tune: TuneConfig | None = None
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     suspend: bool = False

@@ -1,10 +1,13 @@
-"""spec.tracking: where a run's metrics go besides its status and metrics.jsonl (MLflow, TensorBoard)."""
+"""spec.tracking: where a run's metrics go besides its status and metrics.jsonl (MLflow, TensorBoard);
+spec.profile: torch.profiler over a few steps."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
 
-from .base import NonEmptyStr, SpecModel
+from .base import NonEmptyStr, NonNegativeInt, PositiveInt, SpecModel
 
 
 class MlflowConfig(SpecModel):
@@ -31,3 +34,12 @@ class TrackingConfig(SpecModel):
     checkpoints as tags; every attempt of the job continues the same MLflow run."""
     tensorboard: bool = False
     """TensorBoard event files under <run>/tensorboard/, on any storage."""
+
+
+class ProfileConfig(SpecModel):
+    start_step: PositiveInt = 10
+    """The first profiled optimizer step (1-based): after warm-up and compilation."""
+    steps: Annotated[int, Field(ge=1, le=50)] = 3
+    """Steps profiled: a trace grows by MBs a step."""
+    ranks: list[NonNegativeInt] = Field(default_factory=lambda: [0])
+    """The ranks that profile themselves."""
