@@ -237,3 +237,22 @@ def test_notes_warn_when_kuberay_is_missing_and_show_a_first_job() -> None:
     # On a cluster serving ray.io/v1 RayJob the warning is left out (.Capabilities; `--dry-run=client`
     # cannot be told of extra API versions, so that branch is not rendered here).
     assert "--set" not in missing and "rollout status deployment/tf-trainforge-operator" in missing
+
+
+def test_the_grafana_dashboard_is_off_by_default_and_queries_only_the_operators_metrics() -> None:
+    import json
+
+    from trainforge_operator.metrics import REGISTRY
+
+    assert not [c for c in find(render({}), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    (config,) = [c for c in find(render({"metrics": {"grafanaDashboard": {"enabled": True, "annotations": {
+        "grafana_folder": "Training"}}}}), "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config["metadata"]["annotations"] == {"grafana_folder": "Training"}
+    dashboard = json.loads(config["data"]["trainforge-operator.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\btrainforge_[a-z_]+", e)}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {f.name + s for f in REGISTRY.collect() for s in suffixes.get(f.type, ("",))}
+    exported |= {"trainforge_jobs"}  # a collector registered when the operator starts
+    assert used and used <= exported, used - exported

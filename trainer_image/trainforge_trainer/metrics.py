@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from .dist import World, all_reduce_sum
+from .dist import World, all_reduce_max, all_reduce_sum
+from .hardware import GpuProbe
 
 # bf16 dense peak per GPU model, used for MFU when TRAINFORGE_PEAK_TFLOPS is not set.
 _PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -32,6 +33,7 @@ class TrainMeter:
         self.world = world
         self.tokens_per_sample, self.flops_per_sample, self.peak_flops = (
             tokens_per_sample, flops_per_sample, peak_flops)
+        self.gpu = GpuProbe(world.device)
         self._reset()
 
     def _reset(self) -> None:
@@ -66,6 +68,21 @@ class TrainMeter:
         if self.flops_per_sample and self.peak_flops:
             out["mfu"] = out["samples_per_s"] * self.flops_per_sample / (self.peak_flops * self.world.size)
         if self.world.device.type == "cuda":
-            out["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.world.device) / 2**30
+            out.update(self._gpu())
         self._reset()
+        return out
+
+    def _gpu(self) -> dict[str, float]:
+        """Over all ranks: peak memory allocated (max), and from NVML utilisation (mean and min: the
+        slowest rank shows) and memory used (max, the allocator's cache and other processes included)."""
+        allocated = torch.cuda.max_memory_allocated(self.world.device) / 2**30
+        nvml = self.gpu.read()
+        util, used = nvml if nvml is not None else (-1.0, -1.0)
+        sums = all_reduce_sum(torch.tensor([max(util, 0.0), float(nvml is not None)], device=self.world.device))
+        peaks = all_reduce_max(torch.tensor([allocated, -util if nvml is not None else -1e9, used],
+                                            device=self.world.device))
+        out = {"gpu_mem_gb": float(peaks[0])}
+        if int(sums[1]) == self.world.size:  # every rank read NVML (collectives run on all ranks regardless)
+            out.update(gpu_util=float(sums[0]) / self.world.size, gpu_util_min=-float(peaks[1]),
+                       gpu_mem_used_gb=float(peaks[2]))
         return out

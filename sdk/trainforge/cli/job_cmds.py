@@ -206,11 +206,22 @@ def _pump(lines: Iterator[str], name: str, deadline: float | None) -> None:
 @target_options
 def status(name: str, output: str, target: Target) -> None:
     """A job's phase and why, attempts, conditions, progress, checkpoints and sweep summary."""
-    job = target.client().get(name)
+    client = target.client()
+    job = client.get(name)
     if output != "text":
         view.emit(view.dump(job), output)
     else:
-        view.print_status(job, target.backend)
+        view.print_status(job, target.backend, _losses(client, name))
+
+
+def _losses(client: TrainingJobClient, name: str) -> list[float] | None:
+    """The training loss over the run, from its metrics log on storage; None where it cannot be read
+    (no log yet, no access to the bucket from here): the status does not depend on it."""
+    try:
+        log = client.metrics(name)
+    except Exception:
+        return None
+    return [float(r["loss"]) for r in log.steps if isinstance(r.get("loss"), int | float) and not r.get("done")]
 
 
 @click.command("list")

@@ -115,12 +115,30 @@ def progress_line(job: TrainingJob) -> str:
 # ---- status ------------------------------------------------------------------------------------
 
 
-def print_status(job: TrainingJob, backend: str) -> None:
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """The values (the last `width`, or means of equal runs of them) as one line of block characters."""
+    if not values:
+        return ""
+    if len(values) > width:
+        size = len(values) / width
+        values = [sum(chunk) / len(chunk) for i in range(width)
+                  if (chunk := values[int(i * size):max(int((i + 1) * size), int(i * size) + 1)])]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
+
+
+def print_status(job: TrainingJob, backend: str, losses: list[float] | None = None) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     for key, value in _status_rows(job, backend):
         grid.add_row(key, escape(value))
+    if losses:
+        grid.add_row("Loss curve", f"{sparkline(losses)}  {_fmt(losses[0])} → {_fmt(losses[-1])}")
     out.print(grid)
     conditions = job.status.conditions if job.status else []
     if conditions:
