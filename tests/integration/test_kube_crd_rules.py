@@ -47,6 +47,7 @@ RULE_CASES: dict[str, tuple[Obj, Obj]] = {
     _frozen("compile"): ({}, {"compile": True}),
     _frozen("epochs"): ({}, {"epochs": None}),  # set → removed
     _frozen("maxSteps"): ({}, {"maxSteps": 100}),
+    _frozen("stepsPerEpoch"): ({"stepsPerEpoch": 10}, {"stepsPerEpoch": 20}),
     _frozen("seed"): ({"seed": 1}, {"seed": 2}),
     _frozen("deterministic"): ({"deterministic": False}, {"deterministic": True}),
 }

@@ -41,4 +41,7 @@ def test_kernel_names_by_class() -> None:
     assert class_of("Memcpy HtoD (Pinned -> Device)") == "memory copy"
     assert class_of("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
     assert class_of("aten::_log_softmax") == "reduction"  # a loss's softmax is not attention
+    assert class_of("triton_poi_fused_add_gelu_mul_0") == "elementwise"  # inductor's, not the optimizer's
+    assert class_of("triton_red_fused__log_softmax_1") == "reduction"
+    assert class_of("triton_per_fused_native_layer_norm_2") == "normalization"
     assert class_of("something new") == "other"

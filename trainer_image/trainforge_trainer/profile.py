@@ -16,16 +16,17 @@ from .uploads import upload_dir
 
 log = logging.getLogger("trainforge.profile")
 
-# First match wins; names are CUDA kernel names on a GPU, aten ops on a CPU.
+# First match wins; names are CUDA kernel names on a GPU (inductor's: triton_poi_* pointwise,
+# triton_red_* / triton_per_* reductions), aten ops on a CPU.
 CLASSES: list[tuple[str, re.Pattern[str]]] = [
     ("communication", re.compile(r"nccl|gloo|all_?reduce|all_?gather|reduce_?scatter|broadcast", re.I)),
     ("attention", re.compile(r"flash|fmha|attention|sdpa|scaled_dot_product", re.I)),
     ("matmul", re.compile(r"gemm|matmul|aten::mm|aten::addmm|aten::bmm|aten::linear|cutlass|xmma|nvjet", re.I)),
     ("memory copy", re.compile(r"memcpy|memset|aten::copy_|aten::to\b|aten::_to_copy", re.I)),
-    ("optimizer", re.compile(r"adam|sgd|foreach|multi_tensor|_fused_", re.I)),
+    ("optimizer", re.compile(r"adam|sgd|multi_tensor_apply|_foreach_", re.I)),
     ("normalization", re.compile(r"norm", re.I)),
-    ("reduction", re.compile(r"reduce|softmax|sum|mean|max|min|argmax", re.I)),
-    ("elementwise", re.compile(r"elementwise|vectorized|triton|add|mul|div|gelu|relu|dropout|exp|sub|where|fill",
+    ("reduction", re.compile(r"triton_red|triton_per|reduce|softmax|sum|mean|max|min|argmax", re.I)),
+    ("elementwise", re.compile(r"triton_poi|elementwise|vectorized|add|mul|div|gelu|relu|dropout|exp|sub|where|fill",
                                re.I)),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -49,7 +50,10 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
         return
     try:
         _announce(local, fresh)
-        outcome = _execute(local, show_progress=output == "text")
+        # Ray forwards its workers' and raylet's lines to the driver's stdout: with -o json they go
+        # to stderr, so that stdout is the JSON document alone (`trainforge run -o json | jq` works).
+        with contextlib.redirect_stdout(sys.stderr) if output == "json" else contextlib.nullcontext():
+            outcome = _execute(local, show_progress=output == "text")
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: Ray was shut down cleanly")
         sys.exit(130)
