@@ -30,6 +30,7 @@ from .data import batch_size_of, eval_loader, loader_workers, to_device, to_floa
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
 from .metrics import TrainMeter, peak_flops
+from .model_init import load_pretrained
 from .optim import build_optimizer
 from .parallel import default_blocks, grad_sync, wrap
 from .precision import Precision
@@ -231,8 +232,13 @@ class Loop:
             self.tracking.sync()
 
     def resume(self) -> None:
-        """Continue from the newest valid checkpoint of this run, if there is one."""
+        """Continue from the newest valid checkpoint of this run, if there is one; a run that has none
+        starts from spec.init's pretrained weights, if it names any."""
         if self.ckpt is None or (resumed := self.ckpt.restore()) is None:
+            init = self.components.spec.init
+            if init is not None:
+                cfg = self.components.spec.checkpoint
+                self.emit(load_pretrained(self.components.model, init, self.components.world, cfg.endpoint, cfg.region))
             return
         self.log.rewind(resumed.step)  # what a lost attempt logged past its checkpoint is trained again
         self.emit({"resumed_from": resumed.path, "resumed_step": resumed.step,

@@ -15,6 +15,7 @@ from . import dist
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.store import Store, run_dir_store
 from .loop import Loop, build
+from .model_init import export_model
 from .profile import StepProfiler
 from .reporting import PrintReporter, Reporter
 from .runlog import JsonlLog
@@ -64,6 +65,8 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
         if store is not None:
             loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from, owner)
         result = loop.fit()
+        if spec.export is not None and result.get("done") and run_dir:
+            result["export"] = export_model(loop.components.model, spec, run_dir, world, result)
         end_tracking(loop, spec, run_dir, "FINISHED" if result.get("done") else None)
         return result
     except BaseException:

@@ -19,6 +19,7 @@ from .base import (
 from .checkpoint import CheckpointConfig
 from .errors import suggest, unwrap_model
 from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
+from .model_io import ExportConfig, InitConfig
 from .optim import OptimizerConfig, ScheduleConfig
 from .parallel import Precision, Strategy
 from .runtime import RuntimeConfig
@@ -90,6 +91,10 @@ class TrainingJobSpec(SpecModel):
     """Train loss is synchronised to the host and reported every N optimizer steps."""
 
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    init: InitConfig | None = None
+    """Start from pretrained weights (the model only); see spec.init.from."""
+    export: ExportConfig | None = None
+    """Write <run>/export/model.safetensors and trainforge-model.json at the end of the run."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     profile: ProfileConfig | None = None
     """torch.profiler over spec.profile.steps steps: a Chrome trace and a table of kernel time by class

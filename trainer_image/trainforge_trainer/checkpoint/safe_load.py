@@ -105,10 +105,11 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = loaded
 
 
-def dcp_load_safely(state: dict[str, Any], path: str | Path) -> None:
+def dcp_load_safely(state: dict[str, Any], path: str | Path, no_dist: bool = False) -> None:
     """`dcp.load` into `state` from `path`, with nothing from storage unpickled freely.
 
     Note:
+        `no_dist`: this process alone reads it (rank 0 reading pretrained weights in a running job).
         The metadata is read once first: DCP turns a failed metadata read into an AssertionError
         (and then tries per-rank metadata files), which would hide why the checkpoint was refused.
     """
@@ -116,7 +117,7 @@ def dcp_load_safely(state: dict[str, Any], path: str | Path) -> None:
 
     reader = SafeReader(str(path))
     reader.read_metadata()  # raises UnsafeCheckpoint itself
-    dcp.load(state, checkpoint_id=str(path), storage_reader=reader, planner=SafeLoadPlanner())
+    dcp.load(state, checkpoint_id=str(path), storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
 
 
 def unsafe_reason(exc: BaseException) -> str | None:

@@ -1,0 +1,112 @@
+"""spec.init and spec.export inside a run: pretrained weights read once (rank 0) and broadcast or
+sharded into the model, and the final weights consolidated onto rank 0 and written as an export."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from trainforge.spec import TrainingJobSpec
+from trainforge.spec.model_io import InitConfig
+
+from . import dist
+from .checkpoint.state import spec_hash
+from .model_files import EXPORT_FILE, WeightsError, clean_name, read_weights, write_export
+
+SHOWN = 8
+"""Names listed per kind of mismatch in an error (then a count)."""
+
+
+def model_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every entry of the model's state dict by clean name, with its global shape (a DTensor's
+    shape is the whole parameter's under FSDP2), without gathering anything."""
+    return {clean_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def renamed(weights: dict[str, torch.Tensor], prefix_map: dict[str, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in weights.items():
+        for old, new in prefix_map.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[name] = tensor
+    return out
+
+
+def mismatch(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], strict: bool) -> str:
+    """What keeps the weights from fitting the model ("" when they fit)."""
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
+
+    problems = []
+    wrong = sorted(f"{k} {tuple(weights[k].shape)} vs the model's {shapes[k]}" for k in weights.keys() & shapes.keys()
+                   if tuple(weights[k].shape) != shapes[k])
+    if wrong:
+        problems.append(f"shape mismatch: {listed(wrong)}")
+    if strict:
+        if missing := sorted(shapes.keys() - weights.keys()):
+            problems.append(f"missing: {listed(missing)}")
+        if unexpected := sorted(weights.keys() - shapes.keys()):
+            problems.append(f"unexpected: {listed(unexpected)}")
+    elif not weights.keys() & shapes.keys():
+        problems.append("no weight matches a model parameter (a prefixMap may be needed)")
+    return "; ".join(problems)
+
+
+def load_pretrained(model: nn.Module, cfg: InitConfig, world: dist.World, endpoint: str | None = None,
+                    region: str | None = None) -> dict[str, Any]:
+    """Read spec.init's weights on rank 0, check they fit, and put them into every rank's model (a
+    broadcast under DDP, sharded under FSDP2). Returns what was loaded, for the run's log.
+
+    Raises:
+        WeightsError: on every rank, naming the source and the mismatched keys.
+    """
+    shapes = model_shapes(model)
+    loaded: dict[str, torch.Tensor] = {}
+
+    def prepare() -> dict[str, Any]:
+        weights, source = read_weights(cfg.from_, cfg.checkpoint, endpoint, region)
+        weights = renamed(weights, cfg.prefix_map)
+        if problem := mismatch(weights, shapes, cfg.strict):
+            raise WeightsError(f"spec.init.from: the weights of {source} do not fit the model: {problem}")
+        loaded.update((k, v) for k, v in weights.items() if k in shapes)
+        return {"init_from": source, "init_tensors": len(loaded)}
+
+    found = dist.same_on_all_ranks(prepare if world.is_main else None, keep=(WeightsError, OSError))
+    options = StateDictOptions(full_state_dict=True, strict=cfg.strict, broadcast_from_rank0=dist.distributed())
+    set_model_state_dict(model, loaded if world.is_main or not dist.distributed() else {}, options=options)
+    return found
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state on rank 0's host (a collective under FSDP2: shards gathered one
+    parameter at a time into CPU memory, so one full copy is materialised, on rank 0 only)."""
+    if not dist.distributed():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def export_model(model: nn.Module, spec: TrainingJobSpec, run_dir: str, world: dist.World,
+                 result: dict[str, Any]) -> str | None:
+    """spec.export at the end of a run: <run>/export/ gets model.safetensors and trainforge-model.json.
+    Every rank calls it; returns the export's location on rank 0."""
+    state = full_model_state(model)
+    if not world.is_main:
+        return None
+    remote = "://" in run_dir
+    folder = Path(tempfile.mkdtemp(prefix="trainforge-export-")) if remote else Path(run_dir) / "export"
+    meta = {"task": {"entrypoint": spec.task.resolved_entrypoint, "args": spec.task.args},
+            "specHash": spec_hash(spec), "weights": "final", "step": result.get("step"),
+            "metrics": {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}}
+    write_export(state, folder, meta)
+    where = f"{run_dir.rstrip('/')}/export"
+    if remote:
+        from .uploads import upload_dir
+
+        upload_dir(folder, where, spec.checkpoint.endpoint, spec.checkpoint.region)
+    return f"{where}/{EXPORT_FILE}"
