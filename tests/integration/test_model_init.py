@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
+from trainforge.cli import cli
 from trainforge.spec import parse_job
 from trainforge_trainer.model_files import WeightsError
 from trainforge_trainer.worker import run_worker
@@ -56,7 +58,7 @@ def test_the_export_holds_the_final_weights_and_says_what_they_are(job_a: tuple[
     final = torch.load(next(run.glob("checkpoint_000000060_*")) / "model.pt", weights_only=True)["model"]
     assert weights.keys() == final.keys() and all(torch.equal(weights[k], final[k]) for k in final)
     meta = json.loads((run / "export" / "trainforge-model.json").read_text())
-    assert meta["task"]["entrypoint"] == "trainforge_trainer.tasks.digits:build" and meta["task"]["args"]["hidden"] == 64
+    assert meta["task"] == {"entrypoint": "trainforge_trainer.tasks.digits:build", "args": spec_of().task.args}
     assert meta["step"] == 60 and meta["metrics"]["val_accuracy"] == result["val_accuracy"]
 
 
@@ -95,10 +97,19 @@ def test_a_job_with_init_resumes_from_its_own_checkpoints(job_a: tuple[Path, dic
 
 def test_fsdp2_on_two_ranks_exports_one_file_like_ddps(tmp_path: Path) -> None:
     task = {"entrypoint": "gpt", "args": {"size": "tiny", "train_samples": 64}}
-    for strategy in ("fsdp", "ddp"):
-        job = job_file(tmp_path, strategy, task=task, workers=2, batch={"size": 4}, maxSteps=3,
-                       strategy={"type": strategy}, export={}, eval={"everyEpoch": False})
-        torchrun(2, ["-m", "trainforge_trainer.torchrun", str(job), "--run-dir", str(tmp_path / strategy)], tmp_path)
+    job = job_file(tmp_path, "fsdp", task=task, workers=2, batch={"size": 4}, maxSteps=3, strategy={"type": "fsdp"},
+                   export={}, eval={"everyEpoch": False})
+    torchrun(2, ["-m", "trainforge_trainer.torchrun", str(job), "--run-dir", str(tmp_path / "fsdp")], tmp_path)
+    reference = spec_of(task=task, batch={"size": 4}, maxSteps=3, export={}, eval={"everyEpoch": False})
+    run_worker(reference, str(tmp_path / "ddp"), reporter=Collect())  # one process: the unsharded layout
     sharded, replicated = (load_file(tmp_path / s / "export" / "model.safetensors") for s in ("fsdp", "ddp"))
     assert sharded.keys() == replicated.keys() and "head.weight" in sharded and "tok.weight" in sharded
     assert all(sharded[k].shape == replicated[k].shape for k in sharded)
+    # `trainforge export` of the FSDP2 run's DCP checkpoint, in this one process: the same weights.
+    done = CliRunner().invoke(cli, ["export", str(tmp_path / "fsdp"), "-o", str(tmp_path / "offline"),
+                                    "--checkpoint", "latest"])
+    assert done.exit_code == 0, done.output
+    offline = load_file(tmp_path / "offline" / "model.safetensors")
+    assert offline.keys() == sharded.keys() and all(torch.equal(offline[k], sharded[k]) for k in sharded)
+    meta = json.loads((tmp_path / "offline" / "trainforge-model.json").read_text())
+    assert meta["step"] == 3 and meta["source"].startswith(str(tmp_path / "fsdp" / "checkpoint_000000003_"))

@@ -157,3 +157,22 @@ def write_export(state: dict[str, torch.Tensor], folder: Path, meta: dict[str, A
            "files": {EXPORT_FILE: {"size": info.size, "sha256": info.sha256}}}
     (folder / EXPORT_META).write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return folder / EXPORT_FILE
+
+
+def export_from(uri: str, folder: Path, which: str = "best", endpoint: str | None = None,
+                region: str | None = None) -> tuple[Path, str]:
+    """`trainforge export`: any checkpoint, run or export as a consolidated `model.safetensors` in
+    `folder`, with the checkpoint's task, step and metrics in `trainforge-model.json`. One process, no
+    GPU: FSDP2 shards are put together from the DCP checkpoint's own metadata."""
+    from trainforge.checkpoints.manifest import read_manifest
+
+    weights, source = read_weights(uri, which, endpoint, region)
+    meta: dict[str, Any] = {"source": source, "weights": "checkpoint"}
+    if not source.endswith(".safetensors"):
+        fs, path = _storage(source, endpoint, region)
+        manifest = read_manifest(fs, path)
+        if manifest is not None:
+            task = manifest.spec.get("task", {})
+            meta.update(task={"entrypoint": task.get("entrypoint"), "args": task.get("args", {})},
+                        specHash=manifest.spec_hash, step=manifest.step, metrics=manifest.metrics)
+    return write_export(weights, folder, meta), source

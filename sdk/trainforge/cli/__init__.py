@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .ckpt_cmd import checkpoints
+from .export_cmd import export
 from .job_cmds import COMMANDS as JOB_COMMANDS
 from .metrics_cmd import metrics, plot
 from .run_cmd import run
@@ -27,6 +28,7 @@ cli.add_command(run)
 for command in JOB_COMMANDS:
     cli.add_command(command)
 cli.add_command(checkpoints)
+cli.add_command(export)
 cli.add_command(metrics)
 cli.add_command(plot)
 cli.add_command(tune_results)
