@@ -113,3 +113,27 @@ def test_fsdp2_on_two_ranks_exports_one_file_like_ddps(tmp_path: Path) -> None:
     assert offline.keys() == sharded.keys() and all(torch.equal(offline[k], sharded[k]) for k in sharded)
     meta = json.loads((tmp_path / "offline" / "trainforge-model.json").read_text())
     assert meta["step"] == 3 and meta["source"].startswith(str(tmp_path / "fsdp" / "checkpoint_000000003_"))
+
+
+def _final_and_best(run: Path, metric: str) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], float]:
+    manifests = {p.parent: json.loads(p.read_text()) for p in run.glob("checkpoint_*/manifest.json")}
+    final = next(d for d, m in manifests.items() if m["reason"] == "final")
+    best = max(m["metrics"].get(metric, -1) for d, m in manifests.items() if d != final)
+    bests = [torch.load(d / "model.pt", weights_only=True)["model"] for d, m in manifests.items()
+             if d != final and m["metrics"].get(metric) == best]
+    return torch.load(final / "model.pt", weights_only=True)["model"], bests, best
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_restore_best_makes_the_final_weights_the_best_checkpoints(tmp_path: Path, restore: bool) -> None:
+    # A learning rate far too high: accuracy peaks early and falls, and early stopping ends the run.
+    spec = spec_of(epochs=20, optimizer={"lr": 0.5}, eval={"everySteps": 2, "everyEpoch": False},
+                   checkpoint={"everySteps": 2, "everyEpoch": False, "keep": 50},
+                   earlyStopping={"metric": "val_accuracy", "mode": "max", "patience": 3, "restoreBest": restore})
+    reports = Collect()
+    result = run_worker(spec, str(tmp_path / "run"), reporter=reports)
+    assert result["stop_reason"] == "early_stopping"
+    final, bests, best = _final_and_best(tmp_path / "run", "val_accuracy")
+    same = any(all(torch.equal(final[k], b[k]) for k in final) for b in bests)
+    assert same is restore, (best, result)
+    assert any("restored_best" in r for r in reports.reports) is restore

@@ -3,6 +3,7 @@ checkpoints and reports. Launcher-agnostic: `worker.run_worker` runs it under to
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -16,7 +17,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 from trainforge.checkpoints.owner import RunOwner
+from trainforge.checkpoints.retention import BestRule
 from trainforge.spec import TrainingJobSpec
+from trainforge.spec.model_io import InitConfig
 
 from . import dist
 from .batches import BatchSource, StreamBatches
@@ -42,6 +45,8 @@ from .task import Task, build_task
 from .tracking import Tracking
 from .train_state import Position, TrainState
 from .watchdog import StepWatchdog
+
+log = logging.getLogger("trainforge.loop")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -178,6 +183,8 @@ class Loop:
         self.rng = RNGState(world.rank, {"augment": components.augment_rng})
         self.ckpt: Checkpointer | None = None
         self.tracking: Tracking | None = None
+        self.run_dir: str | None = None
+        """The run directory (a path or URI), where restoreBest finds the best checkpoint."""
         self.profiler: StepProfiler | None = None
         """MLflow and TensorBoard (rank 0); set by the launcher, like the checkpointer."""
         self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
@@ -334,6 +341,19 @@ class Loop:
             if self.ckpt:
                 self.ckpt.after_epoch()
 
+    def restore_best(self) -> None:
+        """earlyStopping.restoreBest: the final weights (final checkpoint, test set, export) become the
+        best checkpoint's by the early-stopping metric (optimizer and position stay the run's own)."""
+        early, cfg = self.components.early, self.components.spec.checkpoint
+        if self.ckpt is None or self.run_dir is None or early is None:
+            log.warning("earlyStopping.restoreBest needs the run's checkpoints; the final weights are kept")
+            return
+        self.ckpt.finish_pending(wait=True)  # the newest checkpoint committed: it may be the best
+        rule = BestRule(early.cfg.metric, early.cfg.mode)
+        loaded = load_pretrained(self.components.model, InitConfig.model_validate({"from": self.run_dir}),
+                                 self.components.world, cfg.endpoint, cfg.region, rule)
+        self.emit({"restored_best": loaded["init_from"]})
+
     def result(self, final: dict[str, Any]) -> dict[str, Any]:
         """What `fit` returns: the final report with where training ended."""
         pos = self.state.position
@@ -347,6 +367,8 @@ class Loop:
     def finish(self) -> dict[str, Any]:
         components, state = self.components, self.state
         state.stop_reason = state.stop_reason or "epochs"  # ran out of epochs: the final checkpoint says so too
+        if components.early and components.early.cfg.restore_best:
+            self.restore_best()
         if self.ckpt:
             self.ckpt.at_end()  # before the test set: the final weights are what gets evaluated
         final: dict[str, Any] = {**self.meter.flush(), **state.last_eval} if self.meter.steps else dict(state.last_eval)

@@ -45,13 +45,14 @@ def _exists(fs: Any, path: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def read_weights(uri: str, which: str = "best", endpoint: str | None = None,
-                 region: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+def read_weights(uri: str, which: str = "best", endpoint: str | None = None, region: str | None = None,
+                 rule: Any = None) -> tuple[dict[str, torch.Tensor], str]:
     """The model weights `uri` names (see `InitConfig.from_`) and the file or checkpoint they came from.
 
     Args:
         uri: a .safetensors file, a directory holding model.safetensors, a checkpoint, or a run.
         which: a run's "best" or "latest" checkpoint.
+        rule: the `BestRule` that ranks a run's checkpoints (default: the one its spec implies).
     """
     fs, path = _storage(uri, endpoint, region)
     if path.endswith(".safetensors"):
@@ -60,7 +61,7 @@ def read_weights(uri: str, which: str = "best", endpoint: str | None = None,
         return _read_safetensors(fs, f"{path}/{EXPORT_FILE}"), f"{uri.rstrip('/')}/{EXPORT_FILE}"
     if _exists(fs, f"{path}/manifest.json"):
         return _read_checkpoint(fs, path), uri
-    chosen = _run_checkpoint(fs, path, which)
+    chosen = _run_checkpoint(fs, path, which, rule)
     return _read_checkpoint(fs, chosen), f"{uri.rstrip('/')}/{chosen.rsplit('/', 1)[-1]}"
 
 
@@ -76,7 +77,7 @@ def _read_safetensors(fs: Any, path: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
-def _run_checkpoint(fs: Any, run: str, which: str) -> str:
+def _run_checkpoint(fs: Any, run: str, which: str, rule: Any = None) -> str:
     from trainforge.checkpoints import list_checkpoints
     from trainforge.checkpoints.retention import BestRule
 
@@ -87,7 +88,7 @@ def _run_checkpoint(fs: Any, run: str, which: str) -> str:
     if not entries:
         raise WeightsError(f"{run}: no safetensors export, no checkpoint and no valid checkpoint of a run there")
     if which == "best" and entries[-1].manifest is not None:
-        rule = BestRule.for_spec(_SpecView(entries[-1].manifest.spec))
+        rule = rule or BestRule.for_spec(_SpecView(entries[-1].manifest.spec))
         ranked = rule.ranked(entries) if rule else []
         if ranked:
             return ranked[0].path

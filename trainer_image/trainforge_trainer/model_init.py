@@ -59,7 +59,7 @@ def mismatch(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]
 
 
 def load_pretrained(model: nn.Module, cfg: InitConfig, world: dist.World, endpoint: str | None = None,
-                    region: str | None = None) -> dict[str, Any]:
+                    region: str | None = None, rule: Any = None) -> dict[str, Any]:
     """Read spec.init's weights on rank 0, check they fit, and put them into every rank's model (a
     broadcast under DDP, sharded under FSDP2). Returns what was loaded, for the run's log.
 
@@ -70,7 +70,7 @@ def load_pretrained(model: nn.Module, cfg: InitConfig, world: dist.World, endpoi
     loaded: dict[str, torch.Tensor] = {}
 
     def prepare() -> dict[str, Any]:
-        weights, source = read_weights(cfg.from_, cfg.checkpoint, endpoint, region)
+        weights, source = read_weights(cfg.from_, cfg.checkpoint, endpoint, region, rule)
         weights = renamed(weights, cfg.prefix_map)
         if problem := mismatch(weights, shapes, cfg.strict):
             raise WeightsError(f"spec.init.from: the weights of {source} do not fit the model: {problem}")

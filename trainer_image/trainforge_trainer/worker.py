@@ -56,6 +56,7 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
         components = build(spec, world)
         log = JsonlLog.for_run(run_dir, world.is_main, spec.checkpoint.endpoint, spec.checkpoint.region)
         loop = Loop(components, reporter or PrintReporter(world.is_main), log)
+        loop.run_dir = run_dir
         if run_dir and (spec.tracking.mlflow or spec.tracking.tensorboard):
             loop.tracking = Tracking(spec, run_dir, run_dir.rstrip("/").rsplit("/", 1)[-1], world.is_main)
         if spec.profile is not None:
