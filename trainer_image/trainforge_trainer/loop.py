@@ -32,6 +32,7 @@ from .checkpoint.store import Store
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, training_batches
 from .early_stop import EarlyStopping
 from .evaluate import evaluate
+from .freezing import Unfreezer, freeze_for_good
 from .metrics import TrainMeter, peak_flops
 from .model_init import load_pretrained
 from .optim import build_optimizer
@@ -127,12 +128,14 @@ def build(spec: TrainingJobSpec, world: dist.World) -> TrainComponents:
     seed_everything(spec.seed, spec.deterministic)  # same seed on every rank: identical initial weights
     task = build_task(spec.task.resolved_entrypoint, spec.task.args)
     model = task.model().to(world.device)
+    if spec.optimizer.param_groups or spec.unfreeze:
+        freeze_for_good(model, spec)  # before wrapping: DDP and FSDP2 leave those out
     blocks = task.blocks(model) if task.blocks else default_blocks(model)
     model = wrap(model, spec, world, blocks)
     if spec.compile:
         model = torch.compile(model)
     peak = spec.optimizer.lr * lr_scale(spec.lr_scaling, world.size, spec.batch.grad_accumulation)
-    optimizer = build_optimizer(model, spec.optimizer, peak, world.device.type == "cuda")
+    optimizer = build_optimizer(model, spec, peak, world.device.type == "cuda")
     workers = loader_workers(spec.batch.loader_workers, spec.cpus_per_worker, task.in_memory)
     train, batches = training_batches(task, spec, world, workers)
     eval_bs = spec.batch.eval_size or spec.batch.size
@@ -189,6 +192,7 @@ class Loop:
         """MLflow and TensorBoard (rank 0); set by the launcher, like the checkpointer."""
         self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
                                 peak_flops(world.device))
+        self.unfreezer = Unfreezer(components.model, spec) if spec.unfreeze else None
         self.watchdog = StepWatchdog(spec.hang_timeout_seconds, world.rank)
         """Ends this worker when its steps stop coming (see watchdog.py); ticked after every step."""
 
@@ -255,6 +259,8 @@ class Loop:
         """One epoch (or what remains of it); False when training must stop."""
         components, state, pos = self.components, self.state, self.state.position
         spec, source = components.spec, components.batches
+        if self.unfreezer is not None and (trainable := self.unfreezer.at_epoch(pos.epoch)) is not None:
+            self.emit({"trainable_params": trainable})
         groups = source.open(pos)
         self.rng.apply_pending()  # after the loader's iterator exists: creating it draws from the torch RNG
         for group in groups:
@@ -268,6 +274,8 @@ class Loop:
                 self.meter.add_micro(loss, batch_size_of(batch))
             if self.ckpt:
                 self.ckpt.before_optimizer_step()  # a checkpoint copy still reading the weights finishes first
+            if self.unfreezer:
+                self.unfreezer.drop_frozen_grads()
             last_norm = optimizer_step(components)
             self.watchdog.tick()
             pos.step, pos.micro_in_epoch = pos.step + 1, pos.micro_in_epoch + len(group)

@@ -17,6 +17,7 @@ import torch
 from .checkpoint.files import DCP_DIR, MODEL_FILE
 from .checkpoint.safe_load import SafeReader, dcp_load_safely
 from .checkpoint.transfer import download_dir
+from .names import clean_name
 
 EXPORT_FILE = "model.safetensors"
 EXPORT_META = "trainforge-model.json"
@@ -25,11 +26,6 @@ EXPORT_FORMAT = "trainforge-model/1"
 
 class WeightsError(ValueError):
     """The weights cannot be read, or do not fit the model; the message says which and why."""
-
-
-def clean_name(name: str) -> str:
-    """A parameter's name without the wrappers' prefixes (torch.compile's, DDP's)."""
-    return name.replace("_orig_mod.", "").removeprefix("module.")
 
 
 def _storage(uri: str, endpoint: str | None, region: str | None) -> tuple[Any, str]:

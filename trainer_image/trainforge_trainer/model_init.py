@@ -15,7 +15,8 @@ from trainforge.spec.model_io import InitConfig
 
 from . import dist
 from .checkpoint.state import spec_hash
-from .model_files import EXPORT_FILE, WeightsError, clean_name, read_weights, write_export
+from .model_files import EXPORT_FILE, WeightsError, read_weights, write_export
+from .names import clean_name
 
 SHOWN = 8
 """Names listed per kind of mismatch in an error (then a count)."""

@@ -183,7 +183,7 @@ class LRSchedule:
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)  # spec.optimizer.paramGroups
 
     def step(self) -> None:
         self.step_count += 1

@@ -20,7 +20,7 @@ from .checkpoint import CheckpointConfig
 from .errors import suggest, unwrap_model
 from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
 from .model_io import ExportConfig, InitConfig
-from .optim import OptimizerConfig, ScheduleConfig
+from .optim import OptimizerConfig, ScheduleConfig, Unfreeze
 from .parallel import Precision, Strategy
 from .runtime import RuntimeConfig
 from .status import TrainingJobStatus
@@ -91,6 +91,9 @@ class TrainingJobSpec(SpecModel):
     """Train loss is synchronised to the host and reported every N optimizer steps."""
 
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    unfreeze: list[Unfreeze] = Field(default_factory=list)
+    """Gradual unfreezing: parameters frozen by spec.optimizer.paramGroups start training at these
+    epochs. They are in the optimizer from the start, so its state and a resume stay exact."""
     init: InitConfig | None = None
     """Start from pretrained weights (the model only); see spec.init.from."""
     export: ExportConfig | None = None

@@ -20,6 +20,41 @@ from .base import (
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
+class ParamGroup(SpecModel):
+    match: str
+    """A regular expression searched in each parameter's name (e.g. "^layer[12]\\.", "head"); the
+    first group that matches a parameter takes it, the rest keep the defaults."""
+    lr: PositiveFloat | None = None
+    """This group's peak learning rate (the schedule's shape applies to it too)."""
+    lr_scale: PositiveFloat | None = None
+    """Or its peak as a multiple of spec.optimizer.lr."""
+    weight_decay: NonNegativeFloat | None = None
+    """Its weight decay (biases and norms stay undecayed when noDecayOnBiasAndNorm)."""
+    freeze: bool = False
+    """Not trained (spec.unfreeze may release it at an epoch)."""
+
+    @model_validator(mode="after")
+    def _one_lr(self) -> ParamGroup:
+        import re
+
+        problems = Problems()
+        if self.lr is not None and self.lr_scale is not None:
+            problems.add("lrScale", "set lr or lrScale, not both")
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            problems.add("match", f"is not a regular expression: {exc}")
+        problems.raise_if_any()
+        return self
+
+
+class Unfreeze(SpecModel):
+    at_epoch: Annotated[int, Field(ge=1)]
+    """From the start of this epoch (0-based epochs; 1 = after the first) ..."""
+    match: str
+    """... the frozen parameters whose names this regular expression finds are trained."""
+
+
 class OptimizerConfig(SpecModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
@@ -35,6 +70,8 @@ class OptimizerConfig(SpecModel):
     """SGD Nesterov momentum; needs momentum > 0."""
     no_decay_on_bias_and_norm: bool = True
     """Exclude biases and normalisation weights from weight decay."""
+    param_groups: list[ParamGroup] = Field(default_factory=list)
+    """Per-parameter settings by name (discriminative learning rates, freezing); first match wins."""
 
     @model_validator(mode="after")
     def _options_match_name(self) -> OptimizerConfig:

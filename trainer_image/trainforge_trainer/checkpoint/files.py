@@ -5,15 +5,22 @@ by parameter name rather than position."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.optim import Optimizer
 
+from ..names import clean_name
 from .safe_load import dcp_load_safely
 
 MODEL_FILE = "model.pt"
@@ -41,10 +48,24 @@ class ModelOptimizer:
         """The spec's optimizer settings win over the checkpoint's: a PBT-perturbed or edited weight
         decay must take effect (the lr is the schedule's, set again when it loads)."""
         hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=self._options())
+        options = self._options()
+        set_model_state_dict(self.model, state["model"], options=options)
+        # Not strict for the optimizer: a parameter that had no state when saved (frozen until a later
+        # epoch by spec.unfreeze) has none after loading either, as in the run that saved it.
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                 options=dataclasses.replace(options, strict=False))
+        self._drop_state_not_saved(state["optimizer"].get("state", {}))
         for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
             group.update(values)
+
+
+    def _drop_state_not_saved(self, saved: dict[str, Any]) -> None:
+        """torch initialises every trained parameter's optimizer state (a step with lr 0) before loading;
+        state for a parameter the checkpoint had none for is removed again, or its step count (Adam's
+        bias correction) would be one ahead of the run that saved it."""
+        for name, param in self.model.named_parameters():
+            if clean_name(name) not in saved:
+                self.optimizer.state.pop(param, None)
 
 
 def write_model(state: ModelOptimizer, directory: Path, is_main: bool) -> None:
