@@ -34,8 +34,8 @@ def test_crd_identity_and_columns() -> None:
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
     columns = version["additionalPrinterColumns"]
-    assert [c["name"] for c in columns if not c.get("priority")] == ["Phase", "Epoch", "Step", "Progress", "ETA", "Loss",
-                                                                      "Restarts", "Age"]
+    shown = ["Phase", "Epoch", "Step", "Progress", "ETA", "Loss", "Restarts", "Age"]
+    assert [c["name"] for c in columns if not c.get("priority")] == shown
     paths = {c["name"]: c["jsonPath"] for c in columns}
     assert (paths["Progress"], paths["ETA"]) == (".status.progress.percent", ".status.progress.eta")
     assert [c["name"] for c in columns if c.get("priority")] == ["Attempt", "Preemptions", "Checkpoint"]  # -o wide
