@@ -20,6 +20,7 @@ from trainforge.spec import TrainingJobSpec
 from .batches import capped_micro
 from .code_env import runtime_env_of
 from .data import to_device
+from .freezing import GroupError, check_patterns, names_of
 from .launch import PreflightError, preflight_task
 from .loop import total_steps_of
 from .task import Task
@@ -53,6 +54,10 @@ def dry_run(spec: TrainingJobSpec, cluster: dict[str, float] | None = None) -> D
              + (", compiled" if spec.compile else ""))
     with torch.device("meta"):
         model = task.model()
+    try:
+        check_patterns(sorted(set(names_of(model).values())), spec)
+    except GroupError as exc:
+        raise PreflightError(str(exc)) from exc
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan.add("parameters", f"{params:,}" + (f" ({trainable:,} trainable)" if trainable != params else ""))
