@@ -3,7 +3,6 @@ checkpoints and reports. Launcher-agnostic: `worker.run_worker` runs it under to
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
@@ -17,9 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 from trainforge.checkpoints.owner import RunOwner
-from trainforge.checkpoints.retention import BestRule
 from trainforge.spec import TrainingJobSpec
-from trainforge.spec.model_io import InitConfig
 
 from . import dist
 from .batches import BatchSource, StreamBatches
@@ -31,10 +28,11 @@ from .checkpoint.state import Stateful
 from .checkpoint.store import Store
 from .data import batch_size_of, eval_loader, loader_workers, to_device, to_float, training_batches
 from .early_stop import EarlyStopping
+from .ema import EmaWeights
 from .evaluate import evaluate
 from .freezing import Unfreezer, freeze_for_good
 from .metrics import TrainMeter, peak_flops
-from .model_init import load_pretrained
+from .model_init import load_pretrained, restore_best
 from .optim import build_optimizer
 from .parallel import default_blocks, grad_sync, wrap
 from .precision import Precision
@@ -46,8 +44,6 @@ from .task import Task, build_task
 from .tracking import Tracking
 from .train_state import Position, TrainState
 from .watchdog import StepWatchdog
-
-log = logging.getLogger("trainforge.loop")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -193,6 +189,7 @@ class Loop:
         self.meter = TrainMeter(world, components.task.tokens_per_sample, components.task.flops_per_sample,
                                 peak_flops(world.device))
         self.unfreezer = Unfreezer(components.model, spec) if spec.unfreeze else None
+        self.ema = EmaWeights(components.model, spec.ema, components.sharded) if spec.ema else None
         self.watchdog = StepWatchdog(spec.hang_timeout_seconds, world.rank)
         """Ends this worker when its steps stop coming (see watchdog.py); ticked after every step."""
 
@@ -213,6 +210,8 @@ class Loop:
             found["early"] = components.early
         if self.tracking is not None:
             found["tracking"] = self.tracking  # the MLflow run id: every attempt continues one run
+        if self.ema is not None:
+            found["ema"] = self.ema
         if isinstance(components.batches, StreamBatches):
             found["data"] = components.batches  # a map-style position is the train state's alone
         return found
@@ -279,6 +278,8 @@ class Loop:
             last_norm = optimizer_step(components)
             self.watchdog.tick()
             pos.step, pos.micro_in_epoch = pos.step + 1, pos.micro_in_epoch + len(group)
+            if self.ema:
+                self.ema.after_step(pos.step)
             if self.profiler:
                 self.profiler.after_step(pos.step)
             self.meter.add_step()
@@ -311,7 +312,7 @@ class Loop:
         if components.val is None:
             return True
         with self.watchdog.paused():
-            metrics = evaluate(components.model, components.task, components.val, components.world,
+            metrics = evaluate(self.eval_model, components.task, components.val, components.world,
                                components.precision, "val", components.sharded, components.spec.eval.max_batches)
         self.state.last_eval = metrics
         components.schedule.observe(metrics)
@@ -349,18 +350,11 @@ class Loop:
             if self.ckpt:
                 self.ckpt.after_epoch()
 
-    def restore_best(self) -> None:
-        """earlyStopping.restoreBest: the final weights (final checkpoint, test set, export) become the
-        best checkpoint's by the early-stopping metric (optimizer and position stay the run's own)."""
-        early, cfg = self.components.early, self.components.spec.checkpoint
-        if self.ckpt is None or self.run_dir is None or early is None:
-            log.warning("earlyStopping.restoreBest needs the run's checkpoints; the final weights are kept")
-            return
-        self.ckpt.finish_pending(wait=True)  # the newest checkpoint committed: it may be the best
-        rule = BestRule(early.cfg.metric, early.cfg.mode)
-        loaded = load_pretrained(self.components.model, InitConfig.model_validate({"from": self.run_dir}),
-                                 self.components.world, cfg.endpoint, cfg.region, rule)
-        self.emit({"restored_best": loaded["init_from"]})
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation runs: the trained weights, or spec.ema's average when it says evalWith."""
+        ema = self.ema
+        return ema.module if ema is not None and ema.cfg.eval_with else self.components.model
 
     def result(self, final: dict[str, Any]) -> dict[str, Any]:
         """What `fit` returns: the final report with where training ended."""
@@ -376,12 +370,12 @@ class Loop:
         components, state = self.components, self.state
         state.stop_reason = state.stop_reason or "epochs"  # ran out of epochs: the final checkpoint says so too
         if components.early and components.early.cfg.restore_best:
-            self.restore_best()
+            self.emit(restore_best(components, self.ckpt, self.run_dir))
         if self.ckpt:
             self.ckpt.at_end()  # before the test set: the final weights are what gets evaluated
         final: dict[str, Any] = {**self.meter.flush(), **state.last_eval} if self.meter.steps else dict(state.last_eval)
         if components.test is not None:
-            final.update(evaluate(components.model, components.task, components.test, components.world,
+            final.update(evaluate(self.eval_model, components.task, components.test, components.world,
                                   components.precision, "test", components.sharded))
         final.update({"done": True, "stop_reason": state.stop_reason,
                       "skipped_steps": int(components.precision.skipped)})

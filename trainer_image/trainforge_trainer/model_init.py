@@ -3,6 +3,7 @@ sharded into the model, and the final weights consolidated onto rank 0 and writt
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .checkpoint.state import spec_hash
 from .model_files import EXPORT_FILE, WeightsError, read_weights, write_export
 from .names import clean_name
 
+log = logging.getLogger("trainforge.model")
 SHOWN = 8
 """Names listed per kind of mismatch in an error (then a count)."""
 
@@ -102,7 +104,8 @@ def export_model(model: nn.Module, spec: TrainingJobSpec, run_dir: str, world: d
     remote = "://" in run_dir
     folder = Path(tempfile.mkdtemp(prefix="trainforge-export-")) if remote else Path(run_dir) / "export"
     meta = {"task": {"entrypoint": spec.task.resolved_entrypoint, "args": spec.task.args},
-            "specHash": spec_hash(spec), "weights": "final", "step": result.get("step"),
+            "specHash": spec_hash(spec), "weights": spec.export.weights if spec.export else "final",
+            "step": result.get("step"),
             "metrics": {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}}
     write_export(state, folder, meta)
     where = f"{run_dir.rstrip('/')}/export"
@@ -111,3 +114,18 @@ def export_model(model: nn.Module, spec: TrainingJobSpec, run_dir: str, world: d
 
         upload_dir(folder, where, spec.checkpoint.endpoint, spec.checkpoint.region)
     return f"{where}/{EXPORT_FILE}"
+
+
+def restore_best(components: Any, ckpt: Any, run_dir: str | None) -> dict[str, Any]:
+    """earlyStopping.restoreBest: the best checkpoint's weights by the early-stopping metric become the
+    model's (the optimizer and the position stay the run's own). Returns the event to report."""
+    from trainforge.checkpoints.retention import BestRule
+
+    early, cfg = components.early, components.spec.checkpoint
+    if ckpt is None or run_dir is None or early is None:
+        log.warning("earlyStopping.restoreBest needs the run's checkpoints; the final weights are kept")
+        return {"restored_best": None}
+    ckpt.finish_pending(wait=True)  # the newest checkpoint committed: it may be the best
+    loaded = load_pretrained(components.model, InitConfig.model_validate({"from": run_dir}), components.world,
+                             cfg.endpoint, cfg.region, BestRule(early.cfg.metric, early.cfg.mode))
+    return {"restored_best": loaded["init_from"]}

@@ -67,7 +67,8 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
             loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from, owner)
         result = loop.fit()
         if spec.export is not None and result.get("done") and run_dir:
-            result["export"] = export_model(loop.components.model, spec, run_dir, world, result)
+            weights = loop.ema.module if spec.export.weights == "ema" and loop.ema else loop.components.model
+            result["export"] = export_model(weights, spec, run_dir, world, result)
         end_tracking(loop, spec, run_dir, "FINISHED" if result.get("done") else None)
         return result
     except BaseException:

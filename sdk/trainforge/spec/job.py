@@ -24,7 +24,7 @@ from .optim import OptimizerConfig, ScheduleConfig, Unfreeze
 from .parallel import Precision, Strategy
 from .runtime import RuntimeConfig
 from .status import TrainingJobStatus
-from .tracking import ProfileConfig, TrackingConfig
+from .tracking import EmaConfig, ProfileConfig, TrackingConfig
 from .tune import TuneConfig
 from .workload import EnvVar, Task, Toleration
 
@@ -96,6 +96,8 @@ class TrainingJobSpec(SpecModel):
     epochs. They are in the optimizer from the start, so its state and a resume stay exact."""
     init: InitConfig | None = None
     """Start from pretrained weights (the model only); see spec.init.from."""
+    ema: EmaConfig | None = None
+    """An exponential moving average of the weights, checkpointed with the run."""
     export: ExportConfig | None = None
     """Write <run>/export/model.safetensors and trainforge-model.json at the end of the run."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -126,6 +128,8 @@ class TrainingJobSpec(SpecModel):
         problems = Problems()
         self._check_horizon(problems)
         self._check_evaluation_users(problems)
+        if self.export is not None and self.export.weights == "ema" and self.ema is None:
+            problems.add(("export", "weights"), "ema needs spec.ema (e.g. {decay: 0.999})")
         if self.tune is not None:
             _check_tune_space(self, problems)
             if self.tune.scheduler.type == "pbt" and not self.checkpoint.every_epoch:

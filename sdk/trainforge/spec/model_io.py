@@ -26,6 +26,6 @@ class InitConfig(SpecModel):
 
 class ExportConfig(SpecModel):
     format: Literal["safetensors"] = "safetensors"
-    weights: Literal["final"] = "final"
+    weights: Literal["final", "ema"] = "final"
     """The weights exported at the end of the run: the final ones (consolidated from every rank's
-    shards under FSDP2)."""
+    shards under FSDP2), or spec.ema's average."""

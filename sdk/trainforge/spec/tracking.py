@@ -43,3 +43,12 @@ class ProfileConfig(SpecModel):
     """Steps profiled: a trace grows by MBs a step."""
     ranks: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     """The ranks that profile themselves."""
+
+
+class EmaConfig(SpecModel):
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    """Each update: average = decay x average + (1 - decay) x weights."""
+    every_steps: PositiveInt = 1
+    """Optimizer steps between updates."""
+    eval_with: bool = False
+    """Evaluate (validation, test) with the averaged weights instead of the trained ones."""
