@@ -158,3 +158,14 @@ def test_status_round_trips_rfc3339_times() -> None:
     job = TrainingJob.model_validate(doc)
     out = job.model_dump(mode="json", by_alias=True, exclude_unset=True)
     assert out["status"] == doc["status"]
+
+
+def test_fine_tuning_fields_are_checked_where_they_meet() -> None:
+    issues = issues_of(strategy={"type": "fsdp"}, workers=2, unfreeze=[{"atEpoch": 1, "match": "x"}], ema={})
+    assert "not supported with spec.strategy.type fsdp" in issues["spec.unfreeze"]
+    assert "not supported with spec.strategy.type fsdp" in issues["spec.ema"]
+    assert "needs spec.ema" in issues_of(export={"weights": "ema"})["spec.export.weights"]
+    groups = issues_of(optimizer={"paramGroups": [{"match": "(", "lr": 1e-4, "lrScale": 0.1}]})
+    assert "set lr or lrScale" in groups["spec.optimizer.paramGroups[0].lrScale"]
+    assert "not a regular expression" in groups["spec.optimizer.paramGroups[0].match"]
+    assert spec_of(init={"from": "s3://b/runs/a"}).init.from_ == "s3://b/runs/a"  # type: ignore[union-attr]

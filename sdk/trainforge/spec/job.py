@@ -128,6 +128,11 @@ class TrainingJobSpec(SpecModel):
         problems = Problems()
         self._check_horizon(problems)
         self._check_evaluation_users(problems)
+        if self.unfreeze and self.strategy.type == "fsdp":
+            problems.add("unfreeze", "is not supported with spec.strategy.type fsdp yet (its sharded checkpoints need "
+                         "optimizer state for every parameter); use ddp, or freeze for the whole run")
+        if self.ema is not None and self.strategy.type == "fsdp":
+            problems.add("ema", "is not supported with spec.strategy.type fsdp yet; use ddp, or drop spec.ema")
         if self.export is not None and self.export.weights == "ema" and self.ema is None:
             problems.add(("export", "weights"), "ema needs spec.ema (e.g. {decay: 0.999})")
         if self.tune is not None:
