@@ -179,6 +179,8 @@ def _progress_rows(status: TrainingJobStatus) -> Iterable[tuple[str, str]]:
     text = f"epoch {progress.epoch}, step {step_text(status)}"
     if progress.percent is not None:
         text += f" ({progress.percent:g}%)"
+    elif progress.total_steps:  # a status written by an older trainer, without percent
+        text += f" ({100 * progress.step // progress.total_steps}%)"
     if progress.eta is not None and status.phase not in TERMINAL:
         text += f", ETA {progress.eta}"
     if progress.samples_per_second is not None:
