@@ -5,7 +5,7 @@
 #      1 loader worker), with spec.profile over steps 6-8: the reports' NVML keys and the kernel
 #      classes table;
 #   3. engine vs raw loop, 125m compiled (bench/gpu_train.py modes a, b): the loop refactor's cost.
-# Run from the repo root with the .whl bundle installed (see ../shared/tools/device-wheels.sh) and
+# Run from the repo root with Ray, torchdata, nvidia-ml-py, pathspec and tenacity wheels installed and
 # OUT set; prints everything, writes OUT/results.md.
 set -uo pipefail
 export PYTHONPATH="${PYTHONPATH:-}:$PWD/sdk:$PWD/trainer_image"
