@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from trainforge.checkpoints.owner import RunOwner
 from trainforge.spec import TrainingJobSpec
 
-from . import dist
+from . import dist, lora
 from .batches import BatchSource, StreamBatches
 from .checkpoint.files import ModelOptimizer
 from .checkpoint.manager import MODEL, TRAIN, Checkpointer
@@ -124,6 +124,8 @@ def build(spec: TrainingJobSpec, world: dist.World) -> TrainComponents:
     seed_everything(spec.seed, spec.deterministic)  # same seed on every rank: identical initial weights
     task = build_task(spec.task.resolved_entrypoint, spec.task.args)
     model = task.model().to(world.device)
+    if spec.lora is not None:
+        model = lora.inject(model, spec.lora)
     if spec.optimizer.param_groups or spec.unfreeze:
         freeze_for_good(model, spec)  # before wrapping: DDP and FSDP2 leave those out
     blocks = task.blocks(model) if task.blocks else default_blocks(model)
@@ -202,7 +204,8 @@ class Loop:
         """What a checkpoint of this loop holds, by name (checkpoint.manager says how it lies on disk)."""
         components = self.components
         found: dict[str, Stateful] = {
-            MODEL: ModelOptimizer(components.model, components.optimizer, components.sharded),
+            MODEL: ModelOptimizer(components.model, components.optimizer, components.sharded,
+                                  lora.is_adapter if components.spec.lora else None),
             TRAIN: self.state, "schedule": components.schedule, "precision": components.precision,
             "rng": self.rng,
         }
@@ -243,16 +246,24 @@ class Loop:
 
     def resume(self) -> None:
         """Continue from the newest valid checkpoint of this run, if there is one; a run that has none
-        starts from spec.init's pretrained weights, if it names any."""
+        starts from spec.init's pretrained weights, if it names any. Under spec.lora a checkpoint holds
+        the adapters alone: the base is read from spec.init first in either case."""
+        spec = self.components.spec
+        if spec.init is not None and spec.lora is not None:
+            self.load_init()
         if self.ckpt is None or (resumed := self.ckpt.restore()) is None:
-            init = self.components.spec.init
-            if init is not None:
-                cfg = self.components.spec.checkpoint
-                self.emit(load_pretrained(self.components.model, init, self.components.world, cfg.endpoint, cfg.region))
+            if spec.init is not None and spec.lora is None:
+                self.load_init()
             return
         self.log.rewind(resumed.step)  # what a lost attempt logged past its checkpoint is trained again
         self.emit({"resumed_from": resumed.path, "resumed_step": resumed.step,
                    "skipped_checkpoints": resumed.skipped, "spec_changes": resumed.spec_changes})
+
+    def load_init(self) -> None:
+        spec, components = self.components.spec, self.components
+        assert spec.init is not None
+        cfg = spec.checkpoint
+        self.emit(load_pretrained(components.model, spec.init, components.world, cfg.endpoint, cfg.region))
 
     def run_epoch(self) -> bool:
         """One epoch (or what remains of it); False when training must stop."""

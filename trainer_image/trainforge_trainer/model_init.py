@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from trainforge.spec import TrainingJobSpec
 from trainforge.spec.model_io import InitConfig
 
-from . import dist
+from . import dist, lora
 from .checkpoint.state import spec_hash
 from .model_files import EXPORT_FILE, WeightsError, read_weights, write_export
 from .names import clean_name
@@ -41,8 +42,16 @@ def renamed(weights: dict[str, torch.Tensor], prefix_map: dict[str, str]) -> dic
     return out
 
 
+def onto_adapted(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Weights named for the plain model, renamed for one with spec.lora's adapters (`x.weight` is
+    `x.base_layer.weight` there)."""
+    aliases = {lora.base_name(k): k for k in shapes if not lora.is_adapter(k)}
+    return {k if k in shapes else aliases.get(k, k): v for k, v in weights.items()}
+
+
 def mismatch(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], strict: bool) -> str:
-    """What keeps the weights from fitting the model ("" when they fit)."""
+    """What keeps the weights from fitting the model ("" when they fit). LoRA adapters may be missing:
+    pretrained weights have none, and the adapters start from peft's initialisation."""
     def listed(names: list[str]) -> str:
         return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
 
@@ -52,7 +61,7 @@ def mismatch(weights: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]
     if wrong:
         problems.append(f"shape mismatch: {listed(wrong)}")
     if strict:
-        if missing := sorted(shapes.keys() - weights.keys()):
+        if missing := sorted(k for k in shapes.keys() - weights.keys() if not lora.is_adapter(k)):
             problems.append(f"missing: {listed(missing)}")
         if unexpected := sorted(weights.keys() - shapes.keys()):
             problems.append(f"unexpected: {listed(unexpected)}")
@@ -70,18 +79,22 @@ def load_pretrained(model: nn.Module, cfg: InitConfig, world: dist.World, endpoi
         WeightsError: on every rank, naming the source and the mismatched keys.
     """
     shapes = model_shapes(model)
+    adapted = any(lora.is_adapter(k) for k in shapes)
     loaded: dict[str, torch.Tensor] = {}
 
     def prepare() -> dict[str, Any]:
         weights, source = read_weights(cfg.from_, cfg.checkpoint, endpoint, region, rule)
         weights = renamed(weights, cfg.prefix_map)
+        if adapted:
+            weights = onto_adapted(weights, shapes)
         if problem := mismatch(weights, shapes, cfg.strict):
             raise WeightsError(f"spec.init.from: the weights of {source} do not fit the model: {problem}")
         loaded.update((k, v) for k, v in weights.items() if k in shapes)
         return {"init_from": source, "init_tensors": len(loaded)}
 
     found = dist.same_on_all_ranks(prepare if world.is_main else None, keep=(WeightsError, OSError))
-    options = StateDictOptions(full_state_dict=True, strict=cfg.strict, broadcast_from_rank0=dist.distributed())
+    # Not strict for torch: the check above is (it names the keys, and lets LoRA adapters be missing).
+    options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=dist.distributed())
     set_model_state_dict(model, loaded if world.is_main or not dist.distributed() else {}, options=options)
     return found
 
@@ -95,9 +108,14 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_model(model: nn.Module, spec: TrainingJobSpec, run_dir: str, world: dist.World,
-                 result: dict[str, Any]) -> str | None:
-    """spec.export at the end of a run: <run>/export/ gets model.safetensors and trainforge-model.json.
-    Every rank calls it; returns the export's location on rank 0."""
+                 result: dict[str, Any], build_model: Callable[[], nn.Module] | None = None) -> str | None:
+    """spec.export at the end of a run: <run>/export/ gets model.safetensors and trainforge-model.json
+    (and, under spec.lora, the adapters alone in peft's layout, merged into model.safetensors).
+    Every rank calls it; returns the export's location on rank 0.
+
+    Args:
+        build_model: the task's model factory (spec.lora's merge rebuilds the module on the meta device).
+    """
     state = full_model_state(model)
     if not world.is_main:
         return None
@@ -107,6 +125,12 @@ def export_model(model: nn.Module, spec: TrainingJobSpec, run_dir: str, world: d
             "specHash": spec_hash(spec), "weights": spec.export.weights if spec.export else "final",
             "step": result.get("step"),
             "metrics": {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}}
+    if spec.lora is not None:
+        assert build_model is not None, "spec.lora's export needs the task's model factory"
+        state, adapters = lora.merged({clean_name(k): v for k, v in state.items()}, build_model, spec.lora)
+        folder.mkdir(parents=True, exist_ok=True)
+        lora.write_adapters(adapters, folder, spec.lora)
+        meta["lora"] = spec.lora.model_dump(by_alias=True)
     write_export(state, folder, meta)
     where = f"{run_dir.rstrip('/')}/export"
     if remote:
@@ -116,16 +140,20 @@ def export_model(model: nn.Module, spec: TrainingJobSpec, run_dir: str, world: d
     return f"{where}/{EXPORT_FILE}"
 
 
-def restore_best(components: Any, ckpt: Any, run_dir: str | None) -> dict[str, Any]:
-    """earlyStopping.restoreBest: the best checkpoint's weights by the early-stopping metric become the
-    model's (the optimizer and the position stay the run's own). Returns the event to report."""
+def restore_best(components: Any, ckpt: Any, run_dir: str | None, rule: Any = None) -> dict[str, Any]:
+    """earlyStopping.restoreBest (and spec.export.weights best): the best checkpoint's weights by `rule`
+    (default: the early-stopping metric) become the model's; the optimizer and the position stay the
+    run's own. Returns the event to report."""
     from trainforge.checkpoints.retention import BestRule
 
-    early, cfg = components.early, components.spec.checkpoint
-    if ckpt is None or run_dir is None or early is None:
-        log.warning("earlyStopping.restoreBest needs the run's checkpoints; the final weights are kept")
+    early, spec = components.early, components.spec
+    rule = rule or (BestRule(early.cfg.metric, early.cfg.mode) if early is not None else None)
+    if ckpt is None or run_dir is None or rule is None:
+        log.warning("the best checkpoint's weights need the run's checkpoints and a metric; the final ones are kept")
         return {"restored_best": None}
     ckpt.finish_pending(wait=True)  # the newest checkpoint committed: it may be the best
-    loaded = load_pretrained(components.model, InitConfig.model_validate({"from": run_dir}), components.world,
-                             cfg.endpoint, cfg.region, BestRule(early.cfg.metric, early.cfg.mode))
+    # Under spec.lora a checkpoint holds the adapters alone; the base is already the model's.
+    source = InitConfig.model_validate({"from": run_dir, "strict": spec.lora is None})
+    loaded = load_pretrained(components.model, source, components.world, spec.checkpoint.endpoint,
+                             spec.checkpoint.region, rule)
     return {"restored_best": loaded["init_from"]}

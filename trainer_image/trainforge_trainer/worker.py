@@ -15,7 +15,7 @@ from . import dist
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.store import Store, run_dir_store
 from .loop import Loop, build
-from .model_init import export_model
+from .model_init import export_model, restore_best
 from .profile import StepProfiler
 from .reporting import PrintReporter, Reporter
 from .runlog import JsonlLog
@@ -67,8 +67,8 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
             loop.ckpt = loop.checkpointer(store, PreemptionWatch(preempt_flag), init_from, owner)
         result = loop.fit()
         if spec.export is not None and result.get("done") and run_dir:
-            weights = loop.ema.module if spec.export.weights == "ema" and loop.ema else loop.components.model
-            result["export"] = export_model(weights, spec, run_dir, world, result)
+            result["export"] = export_model(export_weights(loop, spec), spec, run_dir, world, result,
+                                            loop.components.task.model)
         end_tracking(loop, spec, run_dir, "FINISHED" if result.get("done") else None)
         return result
     except BaseException:
@@ -82,6 +82,19 @@ def _fit(spec: TrainingJobSpec, world: dist.World, run_dir: str | None, reporter
             loop.ckpt.close()
         if loop is not None:
             loop.log.close()  # after the checkpointer: its last commit is what the upload follows
+
+
+def export_weights(loop: Loop, spec: TrainingJobSpec) -> torch.nn.Module:
+    """The module spec.export.weights names: the model (with the best checkpoint's weights loaded for
+    "best"), or spec.ema's average."""
+    assert spec.export is not None
+    if spec.export.weights == "ema" and loop.ema is not None:
+        return loop.ema.module
+    if spec.export.weights == "best":
+        from trainforge.checkpoints.retention import BestRule
+
+        loop.emit(restore_best(loop.components, loop.ckpt, loop.run_dir, BestRule.for_spec(spec)))
+    return loop.components.model
 
 
 def end_tracking(loop: Loop, spec: TrainingJobSpec, run_dir: str | None, status: str | None) -> None:

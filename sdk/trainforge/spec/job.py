@@ -19,7 +19,7 @@ from .base import (
 from .checkpoint import CheckpointConfig
 from .errors import suggest, unwrap_model
 from .loop import BatchConfig, EarlyStoppingConfig, EvalConfig, GradClipConfig
-from .model_io import ExportConfig, InitConfig
+from .model_io import ExportConfig, InitConfig, LoraConfig
 from .optim import OptimizerConfig, ScheduleConfig, Unfreeze
 from .parallel import Precision, Strategy
 from .runtime import RuntimeConfig
@@ -98,6 +98,10 @@ class TrainingJobSpec(SpecModel):
     """Start from pretrained weights (the model only); see spec.init.from."""
     ema: EmaConfig | None = None
     """An exponential moving average of the weights, checkpointed with the run."""
+    lora: LoraConfig | None = None
+    """Low-rank adapters (peft) on spec.lora.targetModules: the rest of the model is frozen, checkpoints
+    hold the adapters alone (the base is spec.init's weights, read again on resume, or the seeded
+    initialisation), and an export merges them into the base."""
     export: ExportConfig | None = None
     """Write <run>/export/model.safetensors and trainforge-model.json at the end of the run."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -135,6 +139,11 @@ class TrainingJobSpec(SpecModel):
             problems.add("ema", "is not supported with spec.strategy.type fsdp yet; use ddp, or drop spec.ema")
         if self.export is not None and self.export.weights == "ema" and self.ema is None:
             problems.add(("export", "weights"), "ema needs spec.ema (e.g. {decay: 0.999})")
+        if self.export is not None and self.export.weights == "best" and not self._best_metric():
+            problems.add(("export", "weights"), "best needs a metric to rank checkpoints by: set "
+                         "spec.checkpoint.keepBest.metric or spec.earlyStopping")
+        if self.lora is not None and self.unfreeze:
+            problems.add("unfreeze", "does not combine with spec.lora (LoRA freezes the base for the whole run)")
         if self.tune is not None:
             _check_tune_space(self, problems)
             if self.tune.scheduler.type == "pbt" and not self.checkpoint.every_epoch:
@@ -169,6 +178,12 @@ class TrainingJobSpec(SpecModel):
             problems.add("earlyStopping", f"needs evaluation; {fix}")
         if self.schedule.name == "plateau":
             problems.add(("schedule", "name"), f"plateau is stepped after evaluation; {fix}")
+
+    def _best_metric(self) -> str | None:
+        """The metric that ranks this job's checkpoints (keepBest's, else early stopping's)."""
+        if self.checkpoint.keep_best is not None:
+            return self.checkpoint.keep_best.metric
+        return self.early_stopping.metric if self.early_stopping is not None else None
 
 
 def _check_tune_space(spec: TrainingJobSpec, problems: Problems) -> None:

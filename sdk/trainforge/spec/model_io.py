@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .base import NonEmptyStr, SpecModel
+from .base import NonEmptyStr, PositiveFloat, PositiveInt, SpecModel
 
 
 class InitConfig(SpecModel):
@@ -26,6 +26,22 @@ class InitConfig(SpecModel):
 
 class ExportConfig(SpecModel):
     format: Literal["safetensors"] = "safetensors"
-    weights: Literal["final", "ema"] = "final"
+    weights: Literal["final", "best", "ema"] = "final"
     """The weights exported at the end of the run: the final ones (consolidated from every rank's
-    shards under FSDP2), or spec.ema's average."""
+    shards under FSDP2), the best checkpoint's (by spec.checkpoint.keepBest's or spec.earlyStopping's
+    metric), or spec.ema's average. With spec.lora the adapters are merged into the base first."""
+
+
+class LoraConfig(SpecModel):
+    """LoRA through peft: low-rank adapters beside the target layers; only they train."""
+
+    r: PositiveInt = 8
+    """The adapters' rank."""
+    alpha: PositiveFloat = 16
+    """Scale: an adapter adds (alpha / r) * B @ A to its layer's weight."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout on the adapters' input."""
+    target_modules: Annotated[list[NonEmptyStr], Field(min_length=1)]
+    """The layers that get adapters, as peft matches them: a module whose full name is one of these or
+    ends with "." + one of these (e.g. [qkv, proj], or [head] for a classifier). nn.Linear, nn.Conv*
+    and nn.Embedding layers qualify."""

@@ -6,6 +6,7 @@ by parameter name rather than position."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,24 @@ class ModelOptimizer:
     """The model and its optimizer as one Stateful (their states are keyed by each other's names).
 
     Unsharded (DDP or one worker) the state is the full state dicts, taken without collectives (rank 0
-    alone may call it); sharded (FSDP2) it is this rank's shards, which DCP loads in place."""
+    alone may call it); sharded (FSDP2) it is this rank's shards, which DCP loads in place.
 
-    def __init__(self, model: nn.Module, optimizer: Optimizer, sharded: bool) -> None:
-        self.model, self.optimizer, self.sharded = model, optimizer, sharded
+    Args:
+        keep: which model tensors (by name) the state holds; default all. spec.lora keeps the adapters
+            alone: the frozen base is not the run's to save (see `lora.py`).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Optimizer, sharded: bool,
+                 keep: Callable[[str], bool] | None = None) -> None:
+        self.model, self.optimizer, self.sharded, self.keep = model, optimizer, sharded, keep
 
     def _options(self) -> StateDictOptions:
         return StateDictOptions(full_state_dict=not self.sharded)
 
     def state_dict(self) -> dict[str, Any]:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._options())
+        if self.keep is not None:
+            model_sd = {k: v for k, v in model_sd.items() if self.keep(k)}
         return {"model": model_sd, "optimizer": optim_sd}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -49,7 +58,10 @@ class ModelOptimizer:
         decay must take effect (the lr is the schedule's, set again when it loads)."""
         hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         options = self._options()
-        set_model_state_dict(self.model, state["model"], options=options)
+        if self.keep is None:
+            set_model_state_dict(self.model, state["model"], options=options)
+        else:
+            self._load_kept(state["model"], options)
         # Not strict for the optimizer: a parameter that had no state when saved (frozen until a later
         # epoch by spec.unfreeze) has none after loading either, as in the run that saved it.
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
@@ -58,6 +70,13 @@ class ModelOptimizer:
         for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
             group.update(values)
 
+    def _load_kept(self, saved: dict[str, Any], options: StateDictOptions) -> None:
+        """Only the kept tensors come from the checkpoint, but every one of those must."""
+        result = set_model_state_dict(self.model, saved, options=dataclasses.replace(options, strict=False))
+        missing = [k for k in result.missing_keys if self.keep is not None and self.keep(clean_name(k))]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"the checkpoint's model part does not fit: missing {missing[:8]}, "
+                             f"unexpected {list(result.unexpected_keys)[:8]}")
 
     def _drop_state_not_saved(self, saved: dict[str, Any]) -> None:
         """torch initialises every trained parameter's optimizer state (a step with lr 0) before loading;
