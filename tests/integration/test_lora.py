@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
+from trainforge.cli import cli
 from trainforge.spec import SpecValidationError
 from trainforge_trainer.lora import LoraError
 from trainforge_trainer.worker import run_worker
@@ -59,6 +61,16 @@ def test_the_merged_export_is_the_base_plus_the_scaled_adapter_product(base: Pat
     config = json.loads((run / "export" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["peft_type"] == "LORA"
     assert json.loads((run / "export" / "trainforge-model.json").read_text())["lora"]["r"] == 4
+
+
+def test_trainforge_export_of_a_lora_checkpoint_merges_it_into_its_base(tuned: tuple[Path, Any],
+                                                                       tmp_path: Path) -> None:
+    run, _ = tuned
+    done = CliRunner().invoke(cli, ["export", str(run), "-o", str(tmp_path / "offline"), "--checkpoint", "latest"])
+    assert done.exit_code == 0, done.output
+    offline, in_run = (load_file(d / "model.safetensors") for d in (tmp_path / "offline", run / "export"))
+    assert offline.keys() == in_run.keys() and all(torch.equal(offline[k], in_run[k]) for k in in_run)
+    assert (tmp_path / "offline" / "adapter_model.safetensors").exists()
 
 
 def test_only_the_adapters_train_and_checkpoints_hold_them_alone(tuned: tuple[Path, Any]) -> None:

@@ -16,8 +16,8 @@ NOT_IN_THE_SDK = ("torch", "ray", "numpy", "pyarrow", "boto3", "botocore", "kopf
 """Top-level modules only the extras install: none is imported by `import trainforge` or its client."""
 LAYERS = ("torch", "ray", "kopf", "trainforge_trainer", "trainforge_operator")
 """What the SDK's code never imports at all (storage helpers may use pyarrow where they are called)."""
-LAZY_DOORS = {("cli/run_cmd.py", "trainforge_trainer.local.runner"),
-              ("cli/export_cmd.py", "trainforge_trainer.model_files")}
+LAZY_DOORS = {("cli/trainer_door.py", "trainforge_trainer.local.runner"),
+              ("cli/trainer_door.py", "trainforge_trainer.model_files")}
 """(SDK file, module) pairs allowed to import an extra, inside a function, with a clear error."""
 
 # Imports the SDK's public modules and runs a few things with every extra made unimportable.

@@ -172,4 +172,9 @@ def export_from(uri: str, folder: Path, which: str = "best", endpoint: str | Non
             task = manifest.spec.get("task", {})
             meta.update(task={"entrypoint": task.get("entrypoint"), "args": task.get("args", {})},
                         specHash=manifest.spec_hash, step=manifest.step, metrics=manifest.metrics)
+            if manifest.spec.get("lora"):  # the checkpoint holds adapters alone: merge them into their base
+                from .model_init import merged_lora_checkpoint
+
+                weights = merged_lora_checkpoint(manifest.spec, weights, folder, endpoint, region)
+                meta["lora"] = manifest.spec["lora"]
     return write_export(weights, folder, meta), source

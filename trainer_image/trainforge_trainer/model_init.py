@@ -157,3 +157,35 @@ def restore_best(components: Any, ckpt: Any, run_dir: str | None, rule: Any = No
     loaded = load_pretrained(components.model, source, components.world, spec.checkpoint.endpoint,
                              spec.checkpoint.region, rule)
     return {"restored_best": loaded["init_from"]}
+
+
+def merged_lora_checkpoint(spec_doc: dict[str, Any], adapters: dict[str, torch.Tensor], folder: Path,
+                           endpoint: str | None = None, region: str | None = None) -> dict[str, torch.Tensor]:
+    """`trainforge export` of a spec.lora checkpoint: the model rebuilt as its run built it (the seed,
+    the task, the adapters, spec.init's base), the checkpoint's adapters loaded, and the merge. The
+    adapters are written to `folder` in peft's layout too; returns the merged weights.
+
+    Note:
+        The base is read from spec.init.from again, as a resume does: a run it names must still hold
+        the checkpoint the job started from.
+    """
+    from .loop import seed_everything
+    from .task import build_task
+
+    spec = TrainingJobSpec.model_validate(spec_doc)
+    assert spec.lora is not None
+    seed_everything(spec.seed, False)
+    task = build_task(spec.task.resolved_entrypoint, spec.task.args)
+    model = lora.inject(task.model(), spec.lora)
+    if spec.init is not None:
+        cpu = dist.World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
+        load_pretrained(model, spec.init, cpu, endpoint, region)
+    result = model.load_state_dict(adapters, strict=False)
+    missing = [k for k in result.missing_keys if lora.is_adapter(k)]
+    if missing or result.unexpected_keys:
+        raise WeightsError(f"the checkpoint's adapters do not fit spec.lora's model: missing {missing[:8]}, "
+                           f"unexpected {result.unexpected_keys[:8]}")
+    plain, peft_layout = lora.merged(dict(model.state_dict()), task.model, spec.lora)
+    folder.mkdir(parents=True, exist_ok=True)
+    lora.write_adapters(peft_layout, folder, spec.lora)
+    return plain

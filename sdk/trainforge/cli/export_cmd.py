@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.markup import escape
 
-from ..spec.contract import TRAINER_EXTRA_HINT
 from .console import err
+from .trainer_door import exporter
 
 
 @click.command("export")
@@ -26,7 +25,7 @@ def export(source: str, folder: str, storage: str | None, endpoint: str | None, 
     export. FSDP2 shards are consolidated in this process; the result is a valid spec.init.from."""
     from ..local import default_storage
 
-    export_from = _exporter()
+    export_from = exporter()
     if "/" not in source and "://" not in source:
         source = f"{(storage or default_storage()).rstrip('/')}/{source}"
     try:
@@ -35,14 +34,3 @@ def export(source: str, folder: str, storage: str | None, endpoint: str | None, 
         err.print(f"[red]error[/] {escape(str(exc))}")
         sys.exit(1)
     err.print(f"wrote {escape(str(written))} from {escape(used)}")
-
-
-def _exporter() -> Any:
-    """The trainer's exporter (torch and safetensors live there): a lazy door like `run`'s."""
-    try:
-        from trainforge_trainer.model_files import export_from
-    except ImportError as exc:
-        err.print(f"[red]error[/] `trainforge export` needs the trainer ({escape(str(exc))}): "
-                  f"{escape(TRAINER_EXTRA_HINT)}")
-        sys.exit(1)
-    return export_from

@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..spec import SpecValidationError, load_jobs
-from ..spec.contract import TRAINER_EXTRA_HINT
 from .console import err, out
+from .trainer_door import local_run_class
 
 
 @click.command()
@@ -41,7 +41,7 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
         sys.exit(1)
     if len(jobs) != 1:
         raise click.UsageError(f"{file} holds {len(jobs)} TrainingJobs; run takes exactly one")
-    local = _local_run_class()(jobs[0], workers=workers, storage=storage, name=name, fresh=fresh)
+    local = local_run_class()(jobs[0], workers=workers, storage=storage, name=name, fresh=fresh)
     if dry_run:
         _dry_run(local, output)
         return
@@ -173,14 +173,3 @@ def _print_summary(outcome: Any) -> None:
     out.print(table)
     if outcome.error:
         err.print(f"[red]error[/] {escape(outcome.error)}")
-
-
-def _local_run_class() -> Any:
-    """The trainer's LocalRun: the one way the SDK reaches the trainer (torch and Ray live there)."""
-    try:
-        from trainforge_trainer.local.runner import LocalRun
-    except ImportError as exc:
-        err.print(f"[red]error[/] `trainforge run` needs the trainer ({escape(str(exc))}): "
-                  f"{escape(TRAINER_EXTRA_HINT)}")
-        sys.exit(1)
-    return LocalRun
