@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from trainforge.cli import cli
 from trainforge.spec import SpecValidationError
+from trainforge_trainer.dry_run import dry_run
+from trainforge_trainer.launch import PreflightError
 from trainforge_trainer.lora import LoraError
 from trainforge_trainer.worker import run_worker
 
@@ -124,3 +126,11 @@ def test_lora_mistakes_are_refused_by_field(base: Path, tmp_path: Path) -> None:
                 optimizer={"paramGroups": [{"match": "head", "freeze": True}]})
     with pytest.raises(SpecValidationError, match=r"export.weights.*best needs a metric"):
         spec_of(maxSteps=1, checkpoint={}, export={"weights": "best"})
+
+
+def test_dry_run_counts_the_adapters_and_refuses_a_missing_target() -> None:
+    plan = dict(dry_run(spec_of(maxSteps=1, lora=LORA)).rows)
+    # body.0 64->64, body.4 64->64, head 64->10 at r 4: A is r x in, B is out x r
+    assert plan["parameters"].endswith(f"({4 * (64 + 64) * 2 + 4 * (64 + 10):,} trainable)")
+    with pytest.raises(PreflightError, match=r"spec.lora.targetModules: .*\{'qkv'\} not found"):
+        dry_run(spec_of(maxSteps=1, lora={"targetModules": ["qkv"]}))

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from trainforge.spec import TrainingJobSpec
 
+from . import lora
 from .batches import capped_micro
 from .code_env import runtime_env_of
 from .data import to_device
@@ -54,10 +55,11 @@ def dry_run(spec: TrainingJobSpec, cluster: dict[str, float] | None = None) -> D
              + (", compiled" if spec.compile else ""))
     with torch.device("meta"):
         model = task.model()
-    try:
-        check_patterns(sorted(set(names_of(model).values())), spec)
-    except GroupError as exc:
-        raise PreflightError(str(exc)) from exc
+        try:
+            model = lora.inject(model, spec.lora) if spec.lora is not None else model
+            check_patterns(sorted(set(names_of(model).values())), spec)
+        except (GroupError, lora.LoraError) as exc:
+            raise PreflightError(str(exc)) from exc
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan.add("parameters", f"{params:,}" + (f" ({trainable:,} trainable)" if trainable != params else ""))

@@ -280,6 +280,8 @@ class Loop:
                 batch = to_device(batch, components.world.device)
                 if components.task.augment:
                     batch = components.task.augment(batch, components.augment_rng)
+                if components.task.curriculum:
+                    batch = components.task.curriculum(batch, pos.step)
                 loss = micro_step(components, batch, len(group), j + 1 == len(group))
                 self.meter.add_micro(loss, batch_size_of(batch))
             if self.ckpt:

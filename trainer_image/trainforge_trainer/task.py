@@ -33,6 +33,7 @@ class Task:
     - blocks(model): the repeated sub-modules (transformer blocks) that FSDP2 shards one by one
       and activation checkpointing wraps; by default the model's direct children.
     - augment(batch, generator): training-only augmentation drawing from a per-rank generator.
+    - curriculum(batch, step): training-only change by optimizer step (after augment).
     - tokens_per_sample / flops_per_sample: for tokens/s and MFU reporting.
 
     Note:
@@ -50,6 +51,9 @@ class Task:
     forward: Callable[[nn.Module, Batch], Any] = default_forward
     blocks: Callable[[nn.Module], Sequence[nn.Module]] | None = None
     augment: Callable[[Batch, torch.Generator], Batch] | None = None
+    curriculum: Callable[[Batch, int], Batch] | None = None
+    """A training batch changed by the 0-based optimizer step it is for (e.g. gpt's sequence-length
+    warm-up); a function of the step alone, so a resume sees the same."""
     tokens_per_sample: int | None = None
     flops_per_sample: float | None = None
     in_memory: bool = False

@@ -26,9 +26,14 @@ from .trainer_door import local_run_class
 @click.option("--fresh", is_flag=True, help="Discard this run's checkpoints and start over (default: resume).")
 @click.option("--dry-run", is_flag=True,
               help="Build the task and model (meta device), check a first batch, print the plan; no training.")
+@click.option("--overfit-batch", is_flag=True,
+              help="Sanity check: train on the first batch alone (--overfit-steps, at the peak lr) and report "
+                   "whether its loss reaches ~0; exit 1 if not. No Ray, nothing saved.")
+@click.option("--overfit-steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Optimizer steps of --overfit-batch.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def run(file: Path, workers: int | None, storage: str | None, name: str | None, fresh: bool, dry_run: bool,
-        output: str) -> None:
+        overfit_batch: bool, overfit_steps: int, output: str) -> None:
     """Run a TrainingJob locally on embedded Ray: same trainer code path as on a cluster.
 
     Running it again with the same name and storage resumes from the newest valid checkpoint.
@@ -44,6 +49,9 @@ def run(file: Path, workers: int | None, storage: str | None, name: str | None, 
     local = local_run_class()(jobs[0], workers=workers, storage=storage, name=name, fresh=fresh)
     if dry_run:
         _dry_run(local, output)
+        return
+    if overfit_batch:
+        _overfit(local, overfit_steps, output)
         return
     if local.spec.tune is not None:
         _sweep(local, output)
@@ -85,6 +93,25 @@ def _dry_run(local: Any, output: str) -> None:
         for warning in plan.warnings:
             err.print(f"[yellow]warning[/] {escape(warning)}")
     sys.exit(0)
+
+
+def _overfit(local: Any, steps: int, output: str) -> None:
+    def show(step: int, loss: float) -> None:
+        if output == "text" and (step == 1 or step % max(1, steps // 10) == 0):
+            err.print(f"  step {step:>5}  loss {loss:.6g}")
+
+    try:
+        result = local.overfit_batch(steps, show)
+    except ValueError as exc:  # a spec the trainer refuses names its field
+        err.print(f"[red]error[/] {escape(str(exc))}")
+        sys.exit(1)
+    if output == "json":
+        click.echo(json.dumps({"steps": result.steps, "first_loss": result.first, "last_loss": result.last,
+                               "target": result.target, "passed": result.passed}, indent=2))
+    else:
+        colour = "green" if result.passed else "red"
+        out.print(f"[{colour}]{escape(result.verdict())}[/]")
+    sys.exit(0 if result.passed else 1)
 
 
 def _sweep(local: Any, output: str) -> None:

@@ -135,6 +135,13 @@ class LocalRun:
 
         return dry_run(self.spec)
 
+    def overfit_batch(self, steps: int, progress: Any = None) -> Any:
+        """`--overfit-batch`: the job's model on its first batch alone (`overfit.OverfitResult`); no Ray."""
+        from ..overfit import overfit_batch
+
+        runtime_env_of(self.spec)  # the task may live in spec.runtime.workingDir
+        return overfit_batch(self.spec, steps, progress)
+
     def _runtime_env(self) -> dict[str, Any]:
         """spec.runtime as Ray's job-level runtime_env: it only applies to a Ray this run connects to."""
         import ray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -55,8 +56,14 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.view(-1, 1, 8, 8)))
 
 
-def _loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return F.cross_entropy(logits, batch[1])
+@dataclass(frozen=True)
+class SmoothedLoss:
+    """Cross-entropy against labels smoothed by `smoothing` (0: the plain one-hot targets)."""
+
+    smoothing: float = 0.0
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(logits, batch[1], label_smoothing=self.smoothing)
 
 
 def _metrics(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
@@ -80,14 +87,20 @@ def build(
     dropout: float = 0.1,
     split_seed: int = 0,
     augment: bool = True,
+    label_smoothing: float = 0.0,
 ) -> Task:
-    """Digits classification. `split_seed` fixes the stratified 70/15/15 split independently of training."""
+    """Digits classification. `split_seed` fixes the stratified 70/15/15 split independently of training.
+    `label_smoothing` softens the training targets (Szegedy et al., 2016); validation reports the plain
+    cross-entropy and accuracy."""
+    number = isinstance(label_smoothing, int | float) and not isinstance(label_smoothing, bool)
+    if not number or not 0 <= label_smoothing < 1:
+        raise ValueError(f"spec.task.args.label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     train, val, test = _splits(split_seed)
 
     def make_model() -> nn.Module:
         return MLP(hidden, dropout) if model == "mlp" else SmallCNN(channels, dropout)
 
     return Task(
-        model=make_model, train=train, val=val, test=test, loss=_loss, metrics=_metrics,
+        model=make_model, train=train, val=val, test=test, loss=SmoothedLoss(float(label_smoothing)), metrics=_metrics,
         augment=_augment if augment else None, in_memory=True,
     )

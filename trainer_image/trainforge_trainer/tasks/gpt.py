@@ -163,10 +163,13 @@ def build(
     files: str | None = None,
     val_files: str | None = None,
     text_column: str = "text",
+    seq_len_schedule: list[dict[str, int]] | None = None,
+    seqLenSchedule: list[dict[str, int]] | None = None,  # the manifests' spelling
 ) -> Task:
     """GPT language modelling. `data`: synthetic (learnable motifs), text (bundled, byte-level) or files:
     the `text_column` of the Parquet / JSON-lines files under `files` (a directory or s3:// prefix),
-    streamed, byte-level, one sequence per row (cut at seq_len); `val_files` is read into memory."""
+    streamed, byte-level, one sequence per row (cut at seq_len); `val_files` is read into memory.
+    `seqLenSchedule` (or seq_len_schedule): sequence-length warm-up, see `SeqLenSchedule`."""
     if size not in SIZES:
         raise ValueError(f"task.args.size must be one of {', '.join(SIZES)}, got {size!r}")
     if data not in ("synthetic", "text", "files"):
@@ -177,11 +180,51 @@ def build(
     vocab = 256 if data != "synthetic" else (vocab_size or base.vocab_size)
     cfg = GPTConfig(base.n_layer, base.n_head, base.d_model, vocab, seq_len or base.seq_len)
     train, val = _datasets(cfg, data, train_samples, val_samples, data_seed, files, val_files, text_column)
+    schedule = SeqLenSchedule.parse(seqLenSchedule or seq_len_schedule, cfg.seq_len)
     return Task(
-        model=lambda: GPT(cfg), train=train, val=val, loss=_loss, metrics=_metrics,
+        model=lambda: GPT(cfg), train=train, val=val, loss=_loss, metrics=_metrics, curriculum=schedule,
         blocks=lambda m: list(m.blocks), tokens_per_sample=cfg.seq_len,
         flops_per_sample=cfg.flops_per_token() * cfg.seq_len, extra={"config": cfg},
     )
+
+
+@dataclass(frozen=True)
+class SeqLenSchedule:
+    """Sequence-length warm-up (a curriculum): optimizer steps before each stage's `untilStep` train on
+    the first `seqLen` tokens of every sequence; later steps on the whole seq_len. Short sequences
+    early are cheaper and steadier (Li et al., 2022, "The stability-efficiency dilemma"). A function of
+    the step alone, so a resumed run trains the same shapes."""
+
+    stages: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def parse(cls, value: list[dict[str, int]] | None, seq_len: int) -> SeqLenSchedule | None:
+        if not value:
+            return None
+        where, stages = "spec.task.args.seqLenSchedule", []
+        for i, stage in enumerate(value):
+            if not isinstance(stage, dict) or set(stage) != {"untilStep", "seqLen"}:
+                raise ValueError(f"{where}[{i}]: give {{untilStep: N, seqLen: L}}, got {stage!r}")
+            until, length = stage["untilStep"], stage["seqLen"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (until, length)):
+                raise ValueError(f"{where}[{i}]: untilStep and seqLen must be positive integers, got {stage!r}")
+            if length > seq_len:
+                raise ValueError(f"{where}[{i}].seqLen: {length} is longer than the model's seq_len {seq_len}")
+            if stages and (until <= stages[-1][0] or length < stages[-1][1]):
+                raise ValueError(f"{where}[{i}]: stages must have growing untilStep and non-decreasing seqLen")
+            stages.append((until, length))
+        return cls(tuple(stages))
+
+    def length_at(self, step: int) -> int | None:
+        """The sequence length of 0-based optimizer step `step` (None: the whole sequence)."""
+        return next((length for until, length in self.stages if step < until), None)
+
+    def __call__(self, batch: Batch, step: int) -> Batch:
+        length = self.length_at(step)
+        if length is None:
+            return batch
+        inputs, targets = batch
+        return inputs[:, :length], targets[:, :length]
 
 
 def _datasets(cfg: GPTConfig, data: str, train_samples: int, val_samples: int, data_seed: int,
