@@ -20,10 +20,10 @@ from trainforge.spec import TrainingJobSpec
 from . import lora
 from .batches import capped_micro
 from .code_env import runtime_env_of
+from .components import total_steps_of
 from .data import to_device
 from .freezing import GroupError, check_patterns, names_of
 from .launch import PreflightError, preflight_task
-from .loop import total_steps_of
 from .task import Task
 
 

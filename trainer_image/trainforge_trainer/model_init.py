@@ -169,7 +169,7 @@ def merged_lora_checkpoint(spec_doc: dict[str, Any], adapters: dict[str, torch.T
         The base is read from spec.init.from again, as a resume does: a run it names must still hold
         the checkpoint the job started from.
     """
-    from .loop import seed_everything
+    from .components import seed_everything
     from .task import build_task
 
     spec = TrainingJobSpec.model_validate(spec_doc)

@@ -3,7 +3,7 @@ of a new task: a model, loss and labels that fit together can memorise a single 
 cannot has a bug (labels misaligned, a detached loss, a learning rate far off) that a full run would
 only show hours later.
 
-The job's own components are built (`loop.build`: model, spec.init, spec.lora, freezing, optimizer,
+The job's own components are built (`components.build`: model, spec.init, spec.lora, freezing, optimizer,
 precision, loss) in this process on one worker, without Ray; the first training batch (not augmented)
 is trained on for `steps` optimizer steps at the spec's peak learning rate (no schedule)."""
 
@@ -17,8 +17,8 @@ import torch
 from trainforge.spec import Strategy, TrainingJobSpec
 
 from . import dist
+from .components import build, micro_step
 from .data import to_device
-from .loop import build, micro_step
 from .model_init import load_pretrained
 
 RELATIVE = 0.05

@@ -14,7 +14,8 @@ from trainforge.spec import TrainingJobSpec
 from . import dist
 from .checkpoint.preempt import PreemptionWatch
 from .checkpoint.store import Store, run_dir_store
-from .loop import Loop, build
+from .components import build
+from .loop import Loop
 from .model_init import export_model, restore_best
 from .profile import StepProfiler
 from .reporting import PrintReporter, Reporter
