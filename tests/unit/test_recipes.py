@@ -103,3 +103,10 @@ def test_overfit_batch_fails_a_setup_that_cannot_and_says_what_to_check(tmp_path
     assert done.exit_code == 1
     assert "failed: one batch's loss went from" in done.output and "in 30 steps" in done.output
     assert "check that the labels belong to their inputs" in done.output
+
+
+def test_the_readmes_overfit_command_passes_on_the_digits_example() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert ".venv/bin/trainforge run examples/digits-ddp.yaml --overfit-batch" in (root / "README.md").read_text()
+    done = CliRunner().invoke(cli, ["run", str(root / "examples" / "digits-ddp.yaml"), "--overfit-batch"])
+    assert done.exit_code == 0 and "ok: one batch's loss fell from" in done.output, done.output
