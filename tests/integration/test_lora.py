@@ -1,7 +1,8 @@
 """spec.lora with the real loop and peft: a job fine-tunes job A's export with adapters on the digits
 MLP's linear layers (body.0, body.4, head). Only the adapters change, checkpoints hold them alone, the
 merged export is base + (alpha / r) * B @ A, a resume from a mid-run checkpoint (base read from
-spec.init again) ends bit-identical, and export.weights best exports the best checkpoint's."""
+spec.init again) ends bit-identical, export.weights best exports the best checkpoint's, and FSDP2 on
+2 gloo ranks saves adapter shards alone and exports the merge."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from trainforge.cli import cli
 from trainforge.spec import SpecValidationError
 from trainforge_trainer.dry_run import dry_run
 from trainforge_trainer.launch import PreflightError
-from trainforge_trainer.lora import LoraError
+from trainforge_trainer.lora import LoraError, is_adapter
+from trainforge_trainer.model_files import _read_dcp_model
 from trainforge_trainer.worker import run_worker
 
 from tests.integration.test_model_init import Collect, spec_of
+from tests.integration.test_torchrun import job_file, torchrun
 
 LORA = {"r": 4, "alpha": 8, "targetModules": ["0", "4", "head"]}
 TARGETS = ("body.0", "body.4", "head")
@@ -134,3 +137,19 @@ def test_dry_run_counts_the_adapters_and_refuses_a_missing_target() -> None:
     assert plan["parameters"].endswith(f"({4 * (64 + 64) * 2 + 4 * (64 + 10):,} trainable)")
     with pytest.raises(PreflightError, match=r"spec.lora.targetModules: .*\{'qkv'\} not found"):
         dry_run(spec_of(maxSteps=1, lora={"targetModules": ["qkv"]}))
+
+
+def test_lora_under_fsdp2_on_two_ranks_saves_adapter_shards_and_exports_the_merge(tmp_path: Path) -> None:
+    task = {"entrypoint": "gpt", "args": {"size": "tiny", "train_samples": 64}}
+    fields = {"task": task, "batch": {"size": 4}, "maxSteps": 4, "export": {}, "eval": {"everyEpoch": False},
+              "lora": {"r": 4, "targetModules": ["qkv", "proj"]}, "checkpoint": {"everySteps": 2}}
+    job = job_file(tmp_path, "fsdp", workers=2, strategy={"type": "fsdp"}, **fields)
+    torchrun(2, ["-m", "trainforge_trainer.torchrun", str(job), "--run-dir", str(tmp_path / "fsdp")], tmp_path)
+    run_worker(spec_of(**fields), str(tmp_path / "one"), reporter=Collect())  # one process: the same base
+    sharded, single = (load_file(tmp_path / s / "export" / "model.safetensors") for s in ("fsdp", "one"))
+    assert sharded.keys() == single.keys()
+    targets = {k for k in sharded if k.endswith((".qkv.weight", ".proj.weight"))}
+    assert len(targets) == 4 and all(not torch.equal(sharded[k], single[k]) for k in targets)  # both trained
+    assert all(torch.equal(sharded[k], single[k]) for k in sharded.keys() - targets)  # the base, untouched
+    for saved in (tmp_path / "fsdp").glob("checkpoint_*"):
+        assert all(is_adapter(k) for k in _read_dcp_model(saved / "dcp"))
