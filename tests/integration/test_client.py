@@ -123,7 +123,9 @@ def test_preempt_follow_suspend_resume_list_events_checkpoints_delete(backend: B
     seen: list[Any] = []
     final = client.wait(name, timeout=240, on_progress=lambda job: seen.append(job.status.progress))
     assert final.status is not None and final.status.phase == "Succeeded", final.status
-    assert final.status.attempt == 3 and final.status.progress is not None and final.status.progress.step == 60
+    history = [f"{e.reason}: {e.message}" for e in client.events(name)]
+    assert final.status.attempt == 3, (final.status, history)
+    assert final.status.progress is not None and final.status.progress.step == 60
     assert (final.status.preemptions, final.status.restarts) == (1, 0)
     assert any(p is not None for p in seen) and final.status.latest_checkpoint
 
