@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -23,9 +24,13 @@ from trainforge.spec.contract import (
 )
 
 from . import guard
-from .observed import Observed, being_deleted, owner_uid
+from .observed import Observed, being_deleted, is_suspended, kueue_message, owner_uid
 from .reconcile import Decision
 from .settings import OperatorSettings
+
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta1"
+KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
+"""The label Kueue puts on a job's Workload: the uid of the job (here the RayJob) it admits."""
 
 log = logging.getLogger("trainforge.operator")
 USER_AGENT = f"trainforge-operator/{__version__}"
@@ -75,7 +80,27 @@ class Kube:
         job = self._get(API_GROUP, VERSION, namespace, PLURAL, name)
         if job is None:
             return None
-        return split_observed(job, rayjobs, pods, datetime.now(timezone.utc))
+        obs = split_observed(job, rayjobs, pods, datetime.now(timezone.utc))
+        if is_suspended(obs.rayjob):
+            obs = dataclasses.replace(obs, kueue=kueue_message(self._workloads(namespace, obs.rayjob)))
+        return obs
+
+    def _workloads(self, namespace: str, rayjob: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """Kueue's Workloads of a RayJob (by the job-uid label Kueue puts on them); none where Kueue is
+        not installed or the operator may not read them."""
+        from kubernetes.client.exceptions import ApiException
+
+        uid = ((rayjob or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            return []
+        try:
+            return self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", label_selector=f"{KUEUE_JOB_UID}={uid}",
+                _request_timeout=API_TIMEOUT_S).get("items") or []
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
 
     def _get(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException

@@ -16,6 +16,8 @@ from trainforge.spec.contract import API_GROUP, LABEL_ATTEMPT, LABEL_JOB_UID, at
 
 TERMINAL_DEPLOYMENT = frozenset({"Complete", "Failed"})
 TERMINAL_JOB = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+WAITING_DEPLOYMENT = frozenset({None, "", "New", "Suspended"})
+"""A suspended RayJob in these states runs nothing: queued (not admitted yet, or admitted and suspended again)."""
 HEAD_LABEL = ("ray.io/node-type", "head")
 CLUSTER_LABEL = "ray.io/cluster"
 
@@ -37,6 +39,26 @@ class Observed:
     foreign: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     """RayJobs with the job's label that this incarnation does not own, or that are being deleted:
     never adopted as an attempt."""
+    kueue: str = ""
+    """Kueue's word on the current attempt's workload while its RayJob is suspended (`kueue_message`)."""
+
+
+def is_suspended(rayjob: Mapping[str, Any] | None) -> bool:
+    """The RayJob waits for Kueue (created suspended), or Kueue suspended it again (its preemption)."""
+    return bool(((rayjob or {}).get("spec") or {}).get("suspend"))
+
+
+def kueue_message(workloads: Sequence[Mapping[str, Any]]) -> str:
+    """Why Kueue holds a workload, from its conditions: an eviction's message (preempted to make room,
+    ...), else why it has no quota reserved or is not admitted (couldn't assign flavors ...)."""
+    wanted = (("Evicted", "True"), ("QuotaReserved", "False"), ("Admitted", "False"))
+    for workload in workloads:
+        found = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+        for type_, status in wanted:
+            cond = found.get(type_)
+            if cond is not None and cond.get("status") == status and cond.get("message"):
+                return f"Kueue: {cond['message']}"
+    return ""
 
 
 def rayjob_status(rayjob: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -100,6 +122,12 @@ def attempt_view(obs: Observed, attempt: int, said_goodbye: int | None = None) -
     if is_terminal(rayjob):
         state = AttemptState.SUCCEEDED if succeeded(rayjob) else AttemptState.ENDED
         return AttemptView(state, failure_message(rayjob), disrupted=hit)
+    if is_suspended(rayjob) and rayjob_status(rayjob).get("jobDeploymentStatus") not in WAITING_DEPLOYMENT:
+        # Kueue suspended it after admitting it: KubeRay deletes its cluster, and the pods' preStop hooks
+        # have the trainer checkpoint and write its outcome. It is over once KubeRay says Suspended.
+        return AttemptView(AttemptState.RUNNING, obs.kueue, disrupted=True)
+    if is_suspended(rayjob):
+        return AttemptView(AttemptState.PENDING, obs.kueue, queued=True, disrupted=hit)
     cluster = cluster_name(rayjob)
     head_lost = bool(cluster) and is_running(rayjob) and not head_present(obs.pods)
     if not is_running(rayjob):

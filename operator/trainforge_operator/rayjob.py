@@ -39,6 +39,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
 PRESTOP_MODULE = "trainforge_trainer.prestop"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 Manifest = dict[str, Any]
 
@@ -124,6 +125,12 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
         rayjob_spec["rayClusterSpec"]["authOptions"] = auth_options(meta["name"])
     if spec.active_deadline_seconds is not None:
         rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    rayjob_labels = dict(labels)
+    if queue := queue_for(spec, settings):
+        # Kueue's RayJob integration: a RayJob with the queue label created suspended waits in the
+        # LocalQueue; Kueue unsuspends it when the workload is admitted (quota, fair sharing).
+        rayjob_labels[KUEUE_QUEUE_LABEL] = queue
+        rayjob_spec["suspend"] = True
     annotations = {ANNOTATION_GENERATION: str(meta.get("generation", ""))}
     if spec_hash:
         annotations[ANNOTATION_SPEC_HASH] = spec_hash
@@ -133,12 +140,17 @@ def build_rayjob(body: Mapping[str, Any], spec: TrainingJobSpec, attempt: int,
         "metadata": {
             "name": name,
             "namespace": meta["namespace"],
-            "labels": labels,
+            "labels": rayjob_labels,
             "annotations": annotations,
             "ownerReferences": [owner_reference(body)],
         },
         "spec": rayjob_spec,
     }
+
+
+def queue_for(spec: TrainingJobSpec, settings: OperatorSettings) -> str | None:
+    """The Kueue LocalQueue of the job's attempts: the spec's, else the operator's default."""
+    return spec.queue or settings.default_queue
 
 
 def attempt_labels(job_name: str, attempt: int, uid: str = "") -> dict[str, str]:
@@ -247,6 +259,8 @@ def pod_template(spec: TrainingJobSpec, settings: OperatorSettings, labels: Mapp
     account = spec.service_account_name or settings.trainer_service_account
     if account:
         pod["serviceAccountName"] = account
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
     # Pod labels let the operator and users find an attempt's pods (KubeRay adds the ray.io/* ones).
     return {"metadata": {"labels": dict(labels)}, "spec": pod}
 

@@ -21,6 +21,8 @@ class OperatorSettings:
     """Checkpoint storage (s3://bucket/prefix) for jobs whose spec.checkpoint.storage is unset;
     each namespace gets its own prefix below it."""
     default_endpoint: str | None = None
+    default_queue: str | None = None
+    """Kueue LocalQueue for jobs whose spec.queue is unset (None: such jobs bypass Kueue)."""
     ray_version: str = RAY_VERSION
     head_cpu: str = "1"
     head_memory: str = "2Gi"
@@ -67,6 +69,7 @@ class OperatorSettings:
             trainer_image=env.get("TRAINFORGE_TRAINER_IMAGE", DEFAULT_IMAGE),
             default_storage=env.get("TRAINFORGE_DEFAULT_STORAGE") or None,
             default_endpoint=env.get("TRAINFORGE_DEFAULT_ENDPOINT") or None,
+            default_queue=env.get("TRAINFORGE_DEFAULT_QUEUE") or None,
             ray_version=env.get("TRAINFORGE_RAY_VERSION", RAY_VERSION),
             head_cpu=env.get("TRAINFORGE_HEAD_CPU", "1"),
             head_memory=env.get("TRAINFORGE_HEAD_MEMORY", "2Gi"),

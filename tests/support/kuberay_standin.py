@@ -20,8 +20,13 @@ K8sJobMode's submitter is stood in for by its pod alone (`<rayjob>-<5 chars>`, l
 its log is the driver's output, appended as the process writes it, and it stays after the cluster
 is torn down, as KubeRay leaves the submitter Job until the RayJob goes.
 
+`spec.suspend` (Kueue's RayJob integration) as KubeRay 1.x treats it: a RayJob created suspended
+waits with jobDeploymentStatus Suspended and starts once unsuspended; one suspended while it runs
+is torn down as a cluster deletion does (every pod's preStop hook runs for real, bounded by its
+grace, then the processes die and the pods go) and ends Suspended, its job status reset.
+
 Not emulated: RayCluster objects, the submitter Job object itself, autoscaling, retries
-(the operator sets backoffLimit 0), suspend of the RayJob itself."""
+(the operator sets backoffLimit 0)."""
 
 from __future__ import annotations
 
@@ -131,7 +136,10 @@ class KubeRayStandIn:
             present.add(key)
             if key in self.attempts and self.attempts[key].uid != meta.get("uid"):
                 self._gone(self.attempts.pop(key))  # the one we ran was deleted between two passes
-            if key not in self.attempts and not (rayjob.get("status") or {}).get("jobDeploymentStatus"):
+            deployment = (rayjob.get("status") or {}).get("jobDeploymentStatus")
+            if (rayjob.get("spec") or {}).get("suspend"):
+                self._suspend(rayjob, self.attempts.pop(key, None))
+            elif key not in self.attempts and deployment in (None, "", "Suspended"):
                 self._start(rayjob)
             elif key in self.attempts:
                 self._watch(self.attempts[key])
@@ -162,6 +170,32 @@ class KubeRayStandIn:
         attempt.submitter = self._create_submitter(rayjob)
         self.attempts[(meta["namespace"], meta["name"])] = attempt
         self._patch(meta, {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"})
+
+    def _suspend(self, rayjob: dict[str, Any], attempt: Attempt | None) -> None:
+        """KubeRay with spec.suspend: nothing runs. A running cluster is deleted (Suspending: the pods'
+        preStop hooks, then their processes), and the status is reset to Suspended."""
+        meta = rayjob["metadata"]
+        if attempt is None:
+            if (rayjob.get("status") or {}).get("jobDeploymentStatus") != "Suspended":
+                self._patch(meta, {"jobDeploymentStatus": "Suspended"})
+            return
+        self._patch(meta, {"jobDeploymentStatus": "Suspending"})
+        if not attempt.finished:
+            for name in list(attempt.pods):
+                with contextlib.suppress(Exception):  # a pod already gone has no hook to run
+                    read = self.core.read_namespaced_pod(name, attempt.namespace)
+                    self._run_prestop(attempt.namespace, self.core.api_client.sanitize_for_serialization(read),
+                                      attempt.grace_s)
+        self._gone(attempt)
+        self._pump_log(attempt)
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._patch(meta, {"jobDeploymentStatus": "Suspended", "jobStatus": "", "rayClusterName": "",
+                               "reason": None, "message": None})
+        except ApiException as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                raise
 
     def _start_unschedulable(self, rayjob: dict[str, Any], cluster: str) -> None:
         """No node fits the workers (the nodeSelector names UNSCHEDULABLE): the head runs, the worker

@@ -54,6 +54,7 @@ SCHEMA_CASES = {
     "everything": {**GPU_SPEC, **CREDENTIALS_SPEC, **ENV_SPEC, "resources": RESOURCES_SPEC["resources"],
                    "image": "registry.example/custom:2", "activeDeadlineSeconds": 3600},
     "own-grace": {"terminationGracePeriodSeconds": 45, "hangTimeoutSeconds": 600},
+    "kueue-queue-priority": {"queue": "team-a", "priorityClassName": "batch-high"},
 }
 
 
@@ -318,3 +319,18 @@ def test_the_payload_is_on_the_head_only() -> None:
     rayjob = build()
     assert SPEC_ENV in env_of(head_of(rayjob))
     assert SPEC_ENV not in env_of(workers_of(rayjob))
+
+
+def test_a_queued_job_is_created_suspended_with_kueues_queue_label() -> None:
+    queued = build(queue="team-a", priorityClassName="batch-high")
+    assert queued["spec"]["suspend"] is True
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    pods = [head_of(queued)["template"], *(g["template"] for g in queued["spec"]["rayClusterSpec"]["workerGroupSpecs"])]
+    assert all(t["spec"]["priorityClassName"] == "batch-high" for t in pods)
+    assert "kueue.x-k8s.io/queue-name" not in pods[0]["metadata"]["labels"]  # the RayJob's alone: one workload
+    plain = build()
+    assert "suspend" not in plain["spec"] and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+    assert "priorityClassName" not in head_of(plain)["template"]["spec"]
+    settings = OperatorSettings(default_queue="shared", default_storage="s3://bucket/runs")
+    by_default = build_rayjob(body_of(), spec_of(), 1, settings)
+    assert by_default["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "shared" and by_default["spec"]["suspend"]

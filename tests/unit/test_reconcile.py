@@ -89,7 +89,7 @@ def test_a_new_job_gets_conditions_and_its_first_attempt() -> None:
     status = doc["status"]
     assert status["phase"] == "Created" and status["attempt"] == 1 and status["restarts"] == 0
     assert {c["type"] for c in status["conditions"]} == {
-        "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "SpecChangeRejected"}
+        "Created", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "SpecChangeRejected"}
     assert cond(doc, "Created")["status"] == "True" and cond(doc, "Running")["status"] == "False"
     assert status["observedGeneration"] == 1 and status["startTime"] == "2026-11-22T12:00:00Z"
     assert decision.create is not None and decision.create["metadata"]["name"] == "digits-a1"

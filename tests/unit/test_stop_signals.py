@@ -177,7 +177,14 @@ def test_the_hook_lets_the_pod_go_before_the_grace_whatever_ray_does() -> None:
         raise ConnectionError("no Ray on this node")
 
     assert "could not reach Ray" in prestop_run(30, environ=env, connect=unreachable)
+    released = threading.Event()
+
+    def hangs() -> None:  # Ray hangs until the test lets go, then fails (no Ray is ever reached)
+        released.wait(60)
+        raise ConnectionError("Ray never answered")
+
     started = time.monotonic()
-    outcome = prestop_run(2.5, environ=env, connect=lambda: time.sleep(60))  # Ray hangs: margin 2 s
+    outcome = prestop_run(2.5, environ=env, connect=hangs)  # margin 2 s
     assert "gave up" in outcome and time.monotonic() - started < 1.5
+    released.set()
     assert prestop_main(["--grace-seconds", "not-a-number"]) == 0  # a broken hook never blocks the kill

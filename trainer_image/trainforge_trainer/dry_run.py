@@ -144,6 +144,8 @@ def this_machine() -> dict[str, float]:
 
 
 def _resources(plan: DryRunPlan, spec: TrainingJobSpec, have: dict[str, float]) -> None:
+    if spec.queue:
+        plan.add("queue", f"{spec.queue} (Kueue admits the job on a cluster; a local run starts at once)")
     asked = {"CPU": spec.workers * spec.cpus_per_worker, "GPU": float(spec.workers * spec.gpus_per_worker)}
     plan.add("resources", f"{spec.workers} x ({spec.cpus_per_worker:g} CPU, {spec.gpus_per_worker} GPU"
              + (f", {spec.memory_per_worker}" if spec.memory_per_worker else "") + ")")

@@ -136,6 +136,9 @@ def _sweep(local: Any, output: str) -> None:
 
 
 def _announce(local: Any, fresh: bool) -> None:
+    if local.spec.queue or local.spec.priority_class_name:
+        err.print("[yellow]warning[/] spec.queue and spec.priorityClassName are for Kueue and the scheduler on a "
+                  "cluster: this local run starts at once")
     found = [e for e in local.existing_checkpoints() if e.complete]
     if not found:
         return

@@ -108,6 +108,11 @@ class Lifecycle:
                 self.stop()
             return
         asked = self.status.suspend_requested
+        if attempt.queued:  # no trainer runs yet: nothing to checkpoint
+            self.stop()
+            self.status.suspend_requested = None
+            return self.enter(Phase.SUSPENDED, Reason.SUSPENDED, "suspended while queued; set spec.suspend: false "
+                                                                 "(`trainforge resume`) to queue it again")
         if attempt.active and asked is None:
             self.status.suspend_requested = self.now
             self.set_condition(ConditionType.SUSPENDED, "Unknown", Reason.SUSPENDING,
@@ -157,7 +162,9 @@ class Lifecycle:
     def _start_timed_out(self, spec: TrainingJobSpec, attempt: AttemptView) -> bool:
         """An attempt that never got running within spec.startTimeoutSeconds is stopped and fails."""
         limit = spec.start_timeout_seconds
-        waited = (self.now - attempt.created).total_seconds()  # type: ignore[operator]
+        admitted = conds.get(self.status.conditions, ConditionType.QUEUED)
+        since = attempt.created if admitted is None else max(attempt.created, admitted.last_transition_time)  # type: ignore[type-var]
+        waited = (self.now - since).total_seconds()  # type: ignore[operator]
         if waited < limit:
             self.requeue(limit - waited)
             return False
@@ -185,7 +192,35 @@ class Lifecycle:
         self.status.message = message
         return False
 
+    def _queued(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
+        """The attempt's RayJob is suspended for Kueue: waiting to be admitted, or, once it ran,
+        suspended by Kueue's preemption (its pods' SIGTERM made the trainer checkpoint): a preemption,
+        and the next attempt waits in the queue in its turn."""
+        if self.phase == Phase.RUNNING:
+            outcome = self._outcome()
+            if outcome is not None and outcome.result == AttemptResult.SUCCEEDED:  # it finished first
+                return self._ended(spec, AttemptView(AttemptState.SUCCEEDED))
+            self.stop()
+            why = f"Kueue suspended it{': ' + attempt.message if attempt.message else ''} (queue {spec.queue})"
+            return self._restart_or_fail(spec, True, why)
+        message = attempt.message or f"attempt {self.attempt} waits for Kueue to admit it from queue {spec.queue}"
+        if self.phase != Phase.QUEUED:
+            self.enter(Phase.QUEUED, Reason.QUEUED, message)
+        elif self.status.message != message:  # Kueue's word on why changed
+            self.status.message = message
+            self.set_condition(ConditionType.QUEUED, "True", Reason.QUEUED, message)
+        self.requeue(timing.resync_s)
+
+    def _admitted(self) -> None:
+        """Kueue unsuspended the attempt: it starts (spec.startTimeoutSeconds counts from now)."""
+        phase = Phase.RESTARTING if self.attempt > 1 else Phase.CREATED
+        self.enter(phase, Reason.ADMITTED, f"attempt {self.attempt} admitted by Kueue; its pods start")
+
     def _running(self, spec: TrainingJobSpec, attempt: AttemptView, timing: Timing) -> None:
+        if attempt.queued:
+            return self._queued(spec, attempt, timing)
+        if self.phase == Phase.QUEUED:
+            self._admitted()
         if attempt.disrupted and self.status.disrupted_attempt != self.attempt:
             # Remembered: a disrupted pod (or the head) may be gone by the time the attempt ends.
             self.status.disrupted_attempt = self.attempt

@@ -40,6 +40,9 @@ class AttemptView:
     """Its Ray head is gone while the attempt has not ended (cluster only)."""
     created: datetime | None = None
     """With state PENDING: when the attempt was created (its start deadline counts from then)."""
+    queued: bool = False
+    """With state PENDING: its RayJob is suspended, waiting for Kueue to admit it (`message` is
+    Kueue's word on why, when there is one). Seen after the attempt ran, it is Kueue's preemption."""
     waiting_on: tuple[str, ...] = ()
     """With state NONE: what must be gone before the attempt may start (pods of an earlier attempt
     or incarnation that may still run a trainer). Empty: nothing is in the way."""

@@ -28,6 +28,9 @@ from .tracking import EmaConfig, ProfileConfig, TrackingConfig
 from .tune import TuneConfig
 from .workload import EnvVar, Task, Toleration
 
+ObjectName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+"""A Kubernetes object name that also fits a label value (Kueue puts the queue's in a label)."""
+
 API_GROUP = "trainforge.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "TrainingJob"
@@ -65,6 +68,13 @@ class TrainingJobSpec(SpecModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
     service_account_name: str | None = None
+    queue: ObjectName | None = None
+    """Kueue LocalQueue (in the job's namespace) that admits the job: each attempt's RayJob carries
+    kueue.x-k8s.io/queue-name and is created suspended; the job is Queued until Kueue unsuspends it.
+    Kueue suspending a running attempt (its preemption) checkpoints it, counts a preemption and
+    queues the next attempt. Default: the operator's defaultQueue (none: no Kueue)."""
+    priority_class_name: ObjectName | None = None
+    """PriorityClass of every pod of the job; Kueue takes the workload's priority from it."""
 
     strategy: Strategy = Field(default_factory=Strategy)
     precision: Precision = "fp32"

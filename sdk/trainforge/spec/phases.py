@@ -11,6 +11,8 @@ from enum import StrEnum
 
 class Phase(StrEnum):
     CREATED = "Created"
+    QUEUED = "Queued"
+    """The attempt waits for Kueue to admit it (spec.queue): its RayJob is suspended."""
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
@@ -25,6 +27,7 @@ class Phase(StrEnum):
 
 class ConditionType(StrEnum):
     CREATED = "Created"
+    QUEUED = "Queued"
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUSPENDED = "Suspended"
@@ -50,6 +53,10 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     SUSPEND_CANCELLED = "SuspendCancelled"
     RESUMED = "Resumed"
+    QUEUED = "Queued"
+    """The attempt's RayJob waits, suspended, for Kueue to admit it."""
+    ADMITTED = "Admitted"
+    """Kueue admitted the attempt (unsuspended its RayJob): its pods start."""
     INVALID_SPEC = "InvalidSpec"
     INVALID_EDIT = "InvalidEdit"
     IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
