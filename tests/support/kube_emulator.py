@@ -22,12 +22,11 @@ never answers 410), any controller (no pod is scheduled or run, no Job runs, no 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import copy
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp.web
 import attrs
@@ -43,6 +42,7 @@ from tests.support import kube_rules as rules
 from tests.support.kube_gc import OwnerGarbageCollection
 from tests.support.kube_logs import PodLogs
 from tests.support.kube_rules import ApiCall, Event, Obj, fail
+from tests.support.kube_watch import WatchStreams
 
 Key = tuple[kmock.resource, "str | None", str]
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
@@ -53,7 +53,7 @@ _GENERATE_TRIES = 8  # the API server retries a generated name that is taken (Re
 
 
 @attrs.define(kw_only=True)
-class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator):
+class StatefulEmulator(OwnerGarbageCollection, PodLogs, WatchStreams, kmock.KubernetesEmulator):
     """kmock's emulator with the object semantics kopf and the ``kubernetes`` client rely on.
 
     Its methods must run on the server's event loop (``Kube`` in tests/support/kube.py marshals them).
@@ -239,43 +239,6 @@ class StatefulEmulator(OwnerGarbageCollection, PodLogs, kmock.KubernetesEmulator
         return {"apiVersion": f"{res.group}/{res.version}".lstrip("/"), "kind": f"{info.kind}List",
                 "metadata": {"resourceVersion": str(self._rv)},
                 "items": [obj for _, obj in self.objects_of(res, namespace) if matches(obj)]}
-
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Obj | bytes]:
-        res, info, namespace = self._resolve(request)
-        matches, params = rules.request_selector(request), request.params
-        if not (since := params.get("resourceVersion") or "0").isdigit():
-            fail(400, "BadRequest", f"invalid resourceVersion: {since!r}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(params["timeoutSeconds"]) if "timeoutSeconds" in params else None
-        yield b""  # sends the headers now: clients wait for them before they read any event
-        cursor = int(since)
-        if cursor == 0:  # "any version": the current state as ADDED events, then what changes after it
-            cursor = self._rv
-            for _, obj in self.objects_of(res, namespace):
-                if matches(obj):
-                    yield {"type": "ADDED", "object": obj}
-            if params.get("sendInitialEvents") == "true" and params.get("allowWatchBookmarks") == "true":
-                yield {"type": "BOOKMARK", "object": {"kind": info.kind, "apiVersion": "v1", "metadata": {
-                    "resourceVersion": str(cursor), "annotations": {"k8s.io/initial-events-end": "true"}}}}
-        while not self._closing:
-            wakeup = self._wakeup
-            for event in self._events[bisect.bisect_right(self._events, cursor, key=lambda e: e.rv):]:
-                cursor = event.rv
-                if event.resource != res:
-                    continue
-                now, before = matches(event.obj), event.type == "MODIFIED" and matches(event.old)
-                # An object that starts or stops matching the selector appears or disappears, as in K8s.
-                kind = {(True, True): "MODIFIED", (True, False): "ADDED" if event.type == "MODIFIED"
-                        else event.type, (False, True): "DELETED"}.get((now, before))
-                if kind is not None:
-                    yield {"type": kind, "object": copy.deepcopy(event.obj)}
-            timeout = None if deadline is None else deadline - loop.time()
-            if timeout is not None and timeout <= 0:
-                return
-            try:
-                await asyncio.wait_for(wakeup.wait(), timeout)
-            except asyncio.TimeoutError:
-                return
 
     # --- writing ----------------------------------------------------------------------------------
 
