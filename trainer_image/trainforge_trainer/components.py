@@ -103,12 +103,17 @@ def loss_function(task: Task, compiled: bool) -> Callable[[Any, Any], torch.Tens
     return torch.compile(loss) if compiled else loss
 
 
+def task_and_model(spec: TrainingJobSpec, device: torch.device) -> tuple[Task, nn.Module]:
+    """The task and its freshly initialised model (with spec.lora's adapters), after the seed is set:
+    what a run trains, and what `trainforge export` rebuilds to merge a LoRA checkpoint."""
+    task = build_task(spec.task.resolved_entrypoint, spec.task.args)
+    model = task.model().to(device)
+    return task, lora.inject(model, spec.lora) if spec.lora is not None else model
+
+
 def build(spec: TrainingJobSpec, world: dist.World) -> TrainComponents:
     seed_everything(spec.seed, spec.deterministic)  # same seed on every rank: identical initial weights
-    task = build_task(spec.task.resolved_entrypoint, spec.task.args)
-    model = task.model().to(world.device)
-    if spec.lora is not None:
-        model = lora.inject(model, spec.lora)
+    task, model = task_and_model(spec, world.device)
     if spec.optimizer.param_groups or spec.unfreeze:
         freeze_for_good(model, spec)  # before wrapping: DDP and FSDP2 leave those out
     blocks = task.blocks(model) if task.blocks else default_blocks(model)

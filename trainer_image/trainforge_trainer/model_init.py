@@ -169,14 +169,12 @@ def merged_lora_checkpoint(spec_doc: dict[str, Any], adapters: dict[str, torch.T
         The base is read from spec.init.from again, as a resume does: a run it names must still hold
         the checkpoint the job started from.
     """
-    from .components import seed_everything
-    from .task import build_task
+    from .components import seed_everything, task_and_model
 
     spec = TrainingJobSpec.model_validate(spec_doc)
     assert spec.lora is not None
     seed_everything(spec.seed, False)
-    task = build_task(spec.task.resolved_entrypoint, spec.task.args)
-    model = lora.inject(task.model(), spec.lora)
+    task, model = task_and_model(spec, torch.device("cpu"))
     if spec.init is not None:
         cpu = dist.World(rank=0, local_rank=0, size=1, device=torch.device("cpu"))
         load_pretrained(model, spec.init, cpu, endpoint, region)
